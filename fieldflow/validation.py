@@ -1,0 +1,86 @@
+"""Input checks done once at public entry points, never inside jitted inner code.
+
+Shapes are static and always checked. Finiteness is checked only on concrete
+arrays: inside ``jit`` the values are tracers and the check is skipped, so a
+public method may still be called from a jitted function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["check_fields", "check_cond", "check_cond_range", "is_concrete"]
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds values (not a tracer inside a transformation)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_finite(x, name: str) -> None:
+    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+def check_fields(x, shape: Sequence[int], name: str = "x") -> jnp.ndarray:
+    """Validate a batch of maps of shape (B, *shape) and return it as float32."""
+    shape = tuple(int(s) for s in shape)
+    expected = "(B, " + ", ".join(str(s) for s in shape) + ")"
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if x.ndim != len(shape) + 1:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+    if x.shape[-2] != x.shape[-1]:
+        raise ValueError(f"{name} must hold square maps {expected}, got {tuple(x.shape)}")
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one map, got an empty batch")
+    if not jnp.issubdtype(x.dtype, jnp.floating) and not jnp.issubdtype(x.dtype, jnp.integer):
+        raise ValueError(f"{name} must be a real array, got dtype {x.dtype}")
+    x = jnp.asarray(x, dtype=jnp.float32)
+    _check_finite(x, name)
+    return x
+
+
+def check_cond(cond, batch: int, cond_dim: int, name: str = "cond") -> jnp.ndarray | None:
+    """Validate conditions of shape (batch, cond_dim); ``None`` when ``cond_dim == 0``."""
+    if cond_dim == 0:
+        if cond is not None and np.size(cond) != 0:
+            raise ValueError(f"this model is unconditional: {name} must be None")
+        return None
+    if cond is None:
+        raise ValueError(f"{name} is required: expected shape ({batch}, {cond_dim})")
+    if not hasattr(cond, "shape"):
+        cond = np.asarray(cond)
+    if cond.ndim != 2 or cond.shape[1] != cond_dim:
+        raise ValueError(f"{name} must have shape (B, {cond_dim}), got {tuple(cond.shape)}")
+    if cond.shape[0] != batch:
+        raise ValueError(
+            f"{name} has batch {cond.shape[0]} but the maps have batch {batch}: "
+            f"expected shape ({batch}, {cond_dim})"
+        )
+    cond = jnp.asarray(cond, dtype=jnp.float32)
+    _check_finite(cond, name)
+    return cond
+
+
+def check_cond_range(cond, low: Sequence[float], high: Sequence[float], name: str = "cond") -> None:
+    """Refuse concrete conditions outside the trained range [low, high] (per column)."""
+    if not is_concrete(cond):
+        return
+    low = np.asarray(low, dtype=np.float64)
+    high = np.asarray(high, dtype=np.float64)
+    tol = 1e-6 * (high - low)
+    c = np.asarray(cond, dtype=np.float64)
+    bad = (c < low - tol) | (c > high + tol)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{name}[{row}, {col}] = {c[row, col]:.4g} is outside the trained range "
+            f"[{low[col]:.4g}, {high[col]:.4g}] of this model"
+        )

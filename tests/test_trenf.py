@@ -1,0 +1,186 @@
+"""TRENF: exactness (round trip, brute-force log-determinant), symmetry, conditioning, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import perturb
+from flax import nnx
+
+from fieldflow import TRENF
+
+
+def make_model(n, seed=0, **kwargs):
+    kwargs.setdefault("n_layers", 3)
+    kwargs.setdefault("hidden", (16,))
+    return perturb(TRENF((n, n), rngs=nnx.Rngs(seed), **kwargs), seed=seed + 1, scale=0.2)
+
+
+def fields(n, batch=3, seed=0):
+    return jax.random.normal(jax.random.key(seed), (batch, n, n), dtype=jnp.float32)
+
+
+@pytest.mark.parametrize("n", [8, 9])
+def test_round_trip_both_directions(n, conds):
+    model = make_model(n, data_shift=0.1, data_scale=0.7)
+    x = fields(n)
+    z, _ = model.forward(x, conds)
+    np.testing.assert_allclose(model.inverse(z, conds), x, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        model.forward(model.inverse(x, conds), conds)[0], x, rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("n", [8, 9])
+def test_logdet_matches_brute_force_jacobian(n, conds):
+    model = make_model(n, data_shift=-0.2, data_scale=1.3)
+    x = 1.5 * fields(n, batch=1, seed=3)
+    for c in conds:
+        c = c[None]
+        _, logdet = model.forward(x, c)
+
+        def flat(v, c=c):
+            return model.forward(v.reshape(1, n, n), c)[0].ravel()
+
+        jac = jax.jacfwd(flat)(x.ravel())
+        sign, brute = jnp.linalg.slogdet(jac)
+        assert float(sign) > 0
+        assert abs(float(brute) - float(logdet[0])) < 1e-3
+
+
+def test_log_prob_is_normal_plus_logdet(conds):
+    model = make_model(8)
+    x = fields(8)
+    z, logdet = model.forward(x, conds)
+    expected = -0.5 * jnp.sum(z**2, axis=(1, 2)) - 32 * np.log(2 * np.pi) + logdet
+    np.testing.assert_allclose(model.log_prob(x, conds), expected, rtol=1e-6)
+
+
+def symmetries(x):
+    yield "shift", jnp.roll(x, (3, 5), axis=(1, 2))
+    yield "shift1", jnp.roll(x, 1, axis=2)
+    for k in (1, 2, 3):
+        yield f"rot{k}", jnp.rot90(x, k, axes=(1, 2))
+    yield "flip_y", x[:, ::-1, :]
+    yield "flip_x", x[:, :, ::-1]
+    yield "transpose", jnp.swapaxes(x, 1, 2)
+
+
+@pytest.mark.parametrize("n", [8, 9])
+def test_log_prob_invariant_under_lattice_symmetries(n, conds):
+    model = make_model(n)
+    x = fields(n, seed=4)
+    ref = model.log_prob(x, conds)
+    for name, xt in symmetries(x):
+        np.testing.assert_allclose(model.log_prob(xt, conds), ref, rtol=2e-5, err_msg=name)
+
+
+def test_non_radial_control_model_is_not_rotation_invariant(conds):
+    model = make_model(8, radial=False)
+    x = fields(8, seed=4)
+    ref = model.log_prob(x, conds)
+    rotated = model.log_prob(jnp.rot90(x, 1, axes=(1, 2)), conds)
+    assert float(jnp.max(jnp.abs(rotated - ref))) > 1e-2
+    # still translation invariant
+    np.testing.assert_allclose(model.log_prob(jnp.roll(x, 2, axis=1), conds), ref, rtol=2e-5)
+
+
+def test_log_prob_depends_on_condition(conds):
+    model = make_model(8)
+    x = jnp.broadcast_to(fields(8, batch=1), (3, 8, 8))
+    lp = model.log_prob(x, conds)
+    assert float(jnp.min(jnp.abs(jnp.diff(lp)))) > 1e-3
+
+
+def test_samples_shape_finite_and_key_dependent(conds):
+    model = make_model(8)
+    a = model.sample(jax.random.key(0), conds)
+    b = model.sample(jax.random.key(1), conds)
+    assert a.shape == (3, 8, 8) and a.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(a)))
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-2
+
+
+def test_unconditional_model():
+    model = make_model(8, cond_dim=0)
+    x = model.sample(jax.random.key(0), num=4)
+    assert x.shape == (4, 8, 8)
+    lp = model.log_prob(x)
+    assert lp.shape == (4,) and bool(jnp.all(jnp.isfinite(lp)))
+    with pytest.raises(ValueError, match="unconditional"):
+        model.log_prob(x, jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match="num"):
+        model.sample(jax.random.key(0))
+
+
+def test_initialisation_is_near_but_not_exactly_identity(conds):
+    model = TRENF((8, 8), n_layers=2, hidden=(8,), rngs=nnx.Rngs(0))
+    x = fields(8)
+    z, logdet = model.forward(x, conds)
+    err = float(jnp.max(jnp.abs(z - x)))
+    assert 0.0 < err < 0.5
+
+
+def test_no_nan_for_large_finite_input(conds):
+    model = make_model(8)
+    x = 1e3 * fields(8)
+    lp = model.log_prob(x, conds)
+    assert bool(jnp.all(jnp.isfinite(lp)))
+    grads = jax.grad(lambda v: model.log_prob(v, conds).sum())(x)
+    assert bool(jnp.all(jnp.isfinite(grads)))
+
+
+def test_works_under_jit_and_grad(conds):
+    model = make_model(8)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def loss(state, x, c):
+        return -nnx.merge(graphdef, state).log_prob(x, c).mean()
+
+    x = fields(8)
+    value, grads = jax.value_and_grad(loss)(state, x, conds)
+    assert np.isclose(float(value), -float(model.log_prob(x, conds).mean()), rtol=1e-5)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize(
+    "x_shape, cond, match",
+    [
+        ((3, 8), None, "shape"),
+        ((3, 8, 9), None, "square"),
+        ((3, 16, 16), None, "shape"),
+        ((8, 8), None, "shape"),
+        ((3, 8, 8), np.ones((2, 2)), "batch"),
+        ((3, 8, 8), np.ones((3, 3)), "shape"),
+        ((3, 8, 8), None, "required"),
+        ((3, 8, 8), np.full((3, 2), 0.9), "outside the trained range"),
+    ],
+)
+def test_bad_input_raises(x_shape, cond, match):
+    model = make_model(8)
+    with pytest.raises(ValueError, match=match):
+        model.log_prob(np.zeros(x_shape, np.float32), cond)
+
+
+def test_non_finite_input_raises(conds):
+    model = make_model(8)
+    x = np.array(fields(8))
+    x[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="x contains NaN"):
+        model.log_prob(x, conds)
+    c = np.asarray(conds).copy()
+    c[0, 1] = np.inf
+    with pytest.raises(ValueError, match="cond contains NaN"):
+        model.forward(np.zeros((3, 8, 8)), c)
+    with pytest.raises(ValueError, match="z contains NaN"):
+        model.inverse(np.full((3, 8, 8), np.inf), conds)
+
+
+def test_bad_configuration_raises():
+    with pytest.raises(ValueError, match="shape"):
+        TRENF((8, 4), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="data_scale"):
+        TRENF((8, 8), data_scale=0.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="n_psi_bins"):
+        TRENF((8, 8), n_psi_bins=1, rngs=nnx.Rngs(0))
