@@ -69,14 +69,15 @@ class RadialGrid:
         self.n = n
         self.n_knots = n_knots
         self.radial = radial
-        self.basis = basis.astype(np.float32)
-        self.index = inverse.reshape(k.shape).astype(np.int32)
+        self.index = inverse.reshape(k.shape)
+        # (n_knots, N * (N//2+1)): a matmul, whose gradient needs no scatter
+        self.basis = basis[:, self.index.ravel()].astype(np.float32)
         # sum over all N^2 frequencies of log T = values @ logdet_weights
         self.logdet_weights = (basis @ counts).astype(np.float32)
 
     def log_t(self, values: jnp.ndarray) -> jnp.ndarray:
         """log T on the half plane, (B, N, N//2+1), from knot values (B, n_knots)."""
-        return (values @ self.basis)[:, self.index]
+        return (values @ self.basis).reshape(values.shape[0], *self.index.shape)
 
 
 @functools.lru_cache(maxsize=32)

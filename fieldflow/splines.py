@@ -80,16 +80,29 @@ def rq_knots(raw: jnp.ndarray, bound: float) -> tuple[jnp.ndarray, jnp.ndarray, 
     return xk, yk, dk
 
 
-def _gather_bin(knots, idx):
-    """Values at bin idx and idx+1 of knots (..., K+1), for idx (..., M)."""
-    lo = jnp.take_along_axis(knots, idx, axis=-1)
-    hi = jnp.take_along_axis(knots, idx + 1, axis=-1)
-    return lo, hi
+def _bin_quantities(v, knots, edges):
+    """Per-element (lower knots, bin sizes, derivatives) of the bin of ``edges`` holding v.
 
-
-def _bin_index(v: jnp.ndarray, edges: jnp.ndarray) -> jnp.ndarray:
-    inner = edges[..., None, 1:-1]  # (..., 1, K-1)
-    return jnp.sum(v[..., None] >= inner, axis=-1).astype(jnp.int32)
+    The gather is a one-hot contraction over the K bins: cheap for small K, and its
+    gradient is a plain reduction (no scatter), which keeps training fast.
+    """
+    xk, yk, dk = knots
+    n_bins = xk.shape[-1] - 1
+    idx = jnp.sum(v[..., None] >= edges[..., None, 1:-1], axis=-1)
+    onehot = (idx[..., None] == jnp.arange(n_bins)).astype(v.dtype)  # (..., M, K)
+    table = jnp.stack(
+        [
+            xk[..., :-1],
+            jnp.diff(xk, axis=-1),
+            yk[..., :-1],
+            jnp.diff(yk, axis=-1),
+            dk[..., :-1],
+            dk[..., 1:],
+        ],
+        axis=-1,
+    )  # (..., K, 6)
+    picked = jnp.einsum("...mk,...kc->...mc", onehot, table)
+    return tuple(picked[..., i] for i in range(6))
 
 
 def rq_forward(
@@ -100,23 +113,18 @@ def rq_forward(
     Identity (log-derivative 0) outside [x_0, x_K]. The input is clipped into the
     interval before the spline arithmetic so no NaN can leak into gradients.
     """
-    xk, yk, dk = knots
+    xk = knots[0]
     lo_b, hi_b = xk[..., :1], xk[..., -1:]
     inside = (x >= lo_b) & (x <= hi_b)
     xc = jnp.clip(x, lo_b, hi_b)
-    idx = _bin_index(xc, xk)
-    x0, x1 = _gather_bin(xk, idx)
-    y0, y1 = _gather_bin(yk, idx)
-    d0, d1 = _gather_bin(dk, idx)
-    w = x1 - x0
-    h = y1 - y0
+    x0, w, y0, h, d0, d1 = _bin_quantities(xc, knots, xk)
     s = h / w
     xi = jnp.clip((xc - x0) / w, 0.0, 1.0)
     xi1 = xi * (1.0 - xi)
     denom = s + (d1 + d0 - 2.0 * s) * xi1
     y = y0 + h * (s * xi * xi + d0 * xi1) / denom
     num = d1 * xi * xi + 2.0 * s * xi1 + d0 * (1.0 - xi) ** 2
-    logd = 2.0 * jnp.log(s) + jnp.log(num) - 2.0 * jnp.log(denom)
+    logd = jnp.log(s * s * num / (denom * denom))
     return jnp.where(inside, y, x), jnp.where(inside, logd, 0.0)
 
 
@@ -124,16 +132,11 @@ def rq_inverse(
     y: jnp.ndarray, knots: tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """x = Psi^{-1}(y) and log Psi'(x) (the forward log-derivative at the result)."""
-    xk, yk, dk = knots
+    yk = knots[1]
     lo_b, hi_b = yk[..., :1], yk[..., -1:]
     inside = (y >= lo_b) & (y <= hi_b)
     yc = jnp.clip(y, lo_b, hi_b)
-    idx = _bin_index(yc, yk)
-    x0, x1 = _gather_bin(xk, idx)
-    y0, y1 = _gather_bin(yk, idx)
-    d0, d1 = _gather_bin(dk, idx)
-    w = x1 - x0
-    h = y1 - y0
+    x0, w, y0, h, d0, d1 = _bin_quantities(yc, knots, yk)
     s = h / w
     dy = yc - y0
     c2 = d1 + d0 - 2.0 * s
@@ -146,7 +149,7 @@ def rq_inverse(
     xi1 = xi * (1.0 - xi)
     denom = s + c2 * xi1
     num = d1 * xi * xi + 2.0 * s * xi1 + d0 * (1.0 - xi) ** 2
-    logd = 2.0 * jnp.log(s) + jnp.log(num) - 2.0 * jnp.log(denom)
+    logd = jnp.log(s * s * num / (denom * denom))
     return jnp.where(inside, x, y), jnp.where(inside, logd, 0.0)
 
 

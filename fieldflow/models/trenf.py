@@ -187,7 +187,9 @@ class TRENF(nnx.Module):
             u, ld_psi = pointwise_spline_forward(u, params[:, nt:], bound)
             return (u, logdet + ld_t + ld_psi), None
 
-        (z, logdet), _ = jax.lax.scan(layer, (u, logdet), self._layer_params(cond, x.shape[0]))
+        (z, logdet), _ = jax.lax.scan(
+            layer, (u, logdet), self._layer_params(cond, x.shape[0]), unroll=True
+        )
         return z, logdet
 
     def _inverse(self, z, cond):
