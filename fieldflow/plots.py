@@ -38,7 +38,8 @@ def plot_loss_curves(history: dict):
         )
     ax.set_xlabel("step")
     ax.set_ylabel("NLL [nats / pixel]")
-    ax.legend()
+    if train or evals:
+        ax.legend()
     fig.tight_layout()
     return fig
 

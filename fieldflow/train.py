@@ -234,6 +234,7 @@ def fit(
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    stop_at_step: int | None = None,
 ) -> TrainResult:
     """Train ``model`` by maximum likelihood; returns it with its best validation parameters.
 
@@ -245,6 +246,8 @@ def fit(
             (nothing is written when None).
         resume: continue from the latest checkpoint in ``run_dir``.
         progress: show a tqdm bar with the running loss.
+        stop_at_step: leave the loop after this step (with a checkpoint), as an
+            interruption would; ``resume=True`` continues the same trajectory.
     """
     import time
 
@@ -375,12 +378,16 @@ def fit(
             bar.set_postfix(loss=f"{running:.4f}", val=f"{per_pix:.4f}")
             if config.patience is not None and best["bad_evals"] >= config.patience:
                 stopped_early = True
+        interrupted = stop_at_step is not None and step >= stop_at_step
         if store is not None and (
-            step % config.checkpoint_every == 0 or step == config.steps or stopped_early
+            step % config.checkpoint_every == 0
+            or step == config.steps
+            or stopped_early
+            or interrupted
         ):
             store.save(step, params, opt_state, meta(step))
             _write_history(run_dir, history)
-        if stopped_early:
+        if stopped_early or interrupted:
             break
     bar.close()
     wall = time.perf_counter() - t0

@@ -1,0 +1,218 @@
+"""Training loop, checkpoints, resume and data parallelism, on tiny maps."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import fieldflow
+from fieldflow import TRENF
+from fieldflow.checkpoint import load
+from fieldflow.train import TrainConfig, fit, random_lattice_symmetry
+
+N = 8
+
+
+def toy_data(m=48, seed=0):
+    """Maps whose amplitude grows with sigma_8, so the condition matters."""
+    rng = np.random.default_rng(seed)
+    theta = np.stack([rng.uniform(0.2, 0.5, m), rng.uniform(0.5, 1.1, m)], 1).astype(np.float32)
+    maps = (theta[:, 1, None, None] * rng.normal(size=(m, N, N)) + 0.5).astype(np.float32)
+    return maps, theta
+
+
+def small_model(seed=0, **kw):
+    return TRENF((N, N), n_layers=2, hidden=(16,), n_t_knots=4, rngs=nnx.Rngs(seed), **kw)
+
+
+CFG = TrainConfig(
+    steps=30,
+    batch_size=8,
+    eval_every=10,
+    checkpoint_every=10,
+    learning_rate=1e-2,
+    warmup_steps=5,
+    patience=None,
+)
+
+
+def test_fit_lowers_validation_nll_and_writes_run(tmp_path):
+    maps, theta = toy_data()
+    model = small_model(data_shift=0.5, data_scale=0.8)
+    before = -float(model.log_prob(maps[40:], theta[40:]).mean()) / N**2
+    result = fit(
+        model,
+        (maps[:40], theta[:40]),
+        (maps[40:], theta[40:]),
+        CFG,
+        run_dir=tmp_path,
+        progress=False,
+    )
+    assert result.best_val_nll < before - 0.01
+    assert result.steps_done == 30 and not result.diverged
+    for name in ("model.json", "history.json", "history.csv", "loss.png"):
+        assert (tmp_path / name).is_file(), name
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["step"] for r in history["eval"]] == [10, 20, 30]
+    assert np.isclose(
+        history["eval"][0]["val_bits_per_dim"], history["eval"][0]["val_nll_per_pixel"] / np.log(2)
+    )
+    # the returned model holds the best parameters, and load() gives the same model back
+    loaded = fieldflow.load(tmp_path)
+    np.testing.assert_allclose(
+        loaded.log_prob(maps[40:], theta[40:]), model.log_prob(maps[40:], theta[40:]), rtol=1e-6
+    )
+    assert np.isclose(
+        -float(model.log_prob(maps[40:], theta[40:]).mean()) / N**2, result.best_val_nll, rtol=1e-5
+    )
+
+
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tmp_path):
+    maps, theta = toy_data()
+    train, val = (maps[:40], theta[:40]), (maps[40:], theta[40:])
+    full = fit(small_model(), train, val, CFG, run_dir=tmp_path / "full", progress=False)
+    part = fit(
+        small_model(), train, val, CFG, run_dir=tmp_path / "part", progress=False, stop_at_step=20
+    )
+    assert part.steps_done == 20
+    resumed = fit(
+        small_model(), train, val, CFG, run_dir=tmp_path / "part", resume=True, progress=False
+    )
+    assert resumed.steps_done == 30
+    assert resumed.history["eval"] == full.history["eval"]
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(full.model, nnx.Param)),
+        jax.tree.leaves(nnx.state(resumed.model, nnx.Param)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_another_configuration_and_fresh_run_refuses_old_dir(tmp_path):
+    maps, theta = toy_data()
+    train, val = (maps[:40], theta[:40]), (maps[40:], theta[40:])
+    fit(small_model(), train, val, CFG, run_dir=tmp_path, progress=False, stop_at_step=10)
+    with pytest.raises(ValueError, match="cannot resume"):
+        fit(
+            small_model(n_psi_bins=4),
+            train,
+            val,
+            CFG,
+            run_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        fit(small_model(), train, val, CFG, run_dir=tmp_path, progress=False)
+
+
+def test_load_refuses_truncated_or_foreign_directories(tmp_path):
+    with pytest.raises(ValueError, match="not a fieldflow run directory"):
+        load(tmp_path)
+    maps, theta = toy_data()
+    fit(
+        small_model(),
+        (maps[:40], theta[:40]),
+        (maps[40:], theta[40:]),
+        CFG,
+        run_dir=tmp_path,
+        progress=False,
+    )
+    # truncate: remove the array data of every checkpoint
+    for root, _, files in os.walk(tmp_path):
+        for f in files:
+            if root != str(tmp_path) and not f.endswith(".json"):
+                os.remove(os.path.join(root, f))
+    with pytest.raises(ValueError, match="truncated, corrupt"):
+        load(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        load(tmp_path)
+
+
+def test_divergence_stops_and_keeps_last_good_parameters(tmp_path):
+    maps, theta = toy_data()
+    cfg = TrainConfig(
+        steps=40, batch_size=8, eval_every=10, learning_rate=1e9, warmup_steps=0, grad_clip=1e12
+    )
+    model = small_model()
+    with pytest.warns(UserWarning, match="diverged|NaN|nan"):
+        result = fit(
+            model,
+            (maps[:40], theta[:40]),
+            (maps[40:], theta[40:]),
+            cfg,
+            run_dir=tmp_path,
+            progress=False,
+        )
+    assert result.diverged and result.steps_done < 40
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(nnx.state(model)))
+    assert bool(jnp.all(jnp.isfinite(model.log_prob(maps[:4], theta[:4]))))
+
+
+@pytest.mark.parametrize(
+    "train, match",
+    [
+        ((np.zeros((0, N, N)), np.zeros((0, 2))), "empty"),
+        ((np.zeros((4, N, N + 1)), np.zeros((4, 2))), "shape"),
+        ((np.zeros((4, N, N)), np.zeros((3, 2))), "theta"),
+        ((np.full((4, N, N), np.nan), np.zeros((4, 2))), "NaN"),
+    ],
+)
+def test_bad_data_raises(train, match):
+    maps, theta = toy_data()
+    with pytest.raises(ValueError, match=match):
+        fit(small_model(), train, (maps, theta), CFG, progress=False)
+
+
+def test_bad_train_config_raises():
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+
+
+def test_lattice_augmentation_permutes_pixels():
+    x = jax.random.normal(jax.random.key(0), (6, N, N))
+    y = random_lattice_symmetry(jax.random.key(1), x)
+    assert y.shape == x.shape
+    np.testing.assert_allclose(jnp.sort(y.reshape(6, -1), 1), jnp.sort(x.reshape(6, -1), 1))
+    assert float(jnp.max(jnp.abs(y - x))) > 0.1
+
+
+def test_data_parallel_training_matches_one_device():
+    script = textwrap.dedent(
+        """
+        import os, json
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import jax, numpy as np
+        from flax import nnx
+        from fieldflow import TRENF
+        from fieldflow.train import TrainConfig, fit
+        assert len(jax.devices()) == 2
+        rng = np.random.default_rng(0)
+        maps = rng.normal(size=(32, 8, 8)).astype(np.float32)
+        theta = np.tile(np.float32([[0.3, 0.8]]), (32, 1))
+        out = {}
+        for dp in (True, False):
+            m = TRENF((8, 8), n_layers=2, hidden=(8,), n_t_knots=4, rngs=nnx.Rngs(0))
+            cfg = TrainConfig(steps=10, batch_size=8, eval_every=5, data_parallel=dp)
+            r = fit(m, (maps[:24], theta[:24]), (maps[24:], theta[24:]), cfg, progress=False)
+            out[str(dp)] = [e["val_nll_per_pixel"] for e in r.history["eval"]]
+        print(json.dumps(out))
+        """
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(out["True"], out["False"], rtol=1e-5)
