@@ -39,6 +39,8 @@ __all__ = [
     "make_train_step",
     "random_lattice_symmetry",
     "data_statistics",
+    "nll_per_pixel",
+    "model_for_data",
     "fit",
 ]
 
@@ -164,6 +166,24 @@ def data_statistics(maps: np.ndarray) -> tuple[float, float]:
     """(mean, std) of all pixels, for a model's fixed standardisation."""
     maps = np.asarray(maps, dtype=np.float64)
     return float(maps.mean()), float(maps.std())
+
+
+def nll_per_pixel(model: nnx.Module, maps, theta=None, batch_size: int = 64) -> float:
+    """Mean negative log-likelihood of ``maps`` in nats per pixel, in jitted chunks."""
+    maps, theta = _check_split("maps", (maps, theta), tuple(model.shape), int(model.cond_dim))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    chunk = min(batch_size, maps.shape[0])
+    total = _evaluate(make_eval_fn(graphdef, rest), params, maps, theta, chunk, jnp.asarray)
+    return total / (maps.shape[1] * maps.shape[2])
+
+
+def model_for_data(model_type: str, maps: np.ndarray, seed: int = 0, **kwargs) -> nnx.Module:
+    """A fresh model sized for ``maps`` (M, N, N), standardised by their mean and std."""
+    from fieldflow.models import build_model
+
+    shift, scale = data_statistics(maps)
+    config = {"shape": tuple(maps.shape[1:]), "data_shift": shift, "data_scale": scale, **kwargs}
+    return build_model(model_type, config, nnx.Rngs(seed))
 
 
 def _check_split(name: str, data, shape, cond_dim: int) -> tuple[np.ndarray, np.ndarray | None]:
