@@ -1,0 +1,274 @@
+"""Sharded data sets on disk: theta designs, deterministic seeds, atomic writes, resume.
+
+Layout of a data set directory::
+
+    manifest.json         the configuration (simulator, n, box, slab, version, n_sims, ...)
+    shard_00000.npz       maps (M, N, N) float32, theta (M, 2) float32, sim_id (M,) int64,
+    shard_00001.npz       seed (M,) uint32, plus 0-d metadata: simulator, box, n, slab, version
+    ...
+    fiducial/             the same at the fixed FIDUCIAL_THETA (covariance estimates)
+
+A shard holds ``shard_size`` simulations (one map each for grf / lognormal, ``n_slabs``
+maps for nbody). Simulation i of set s (0 = design, 1 = fiducial) uses the integer seed
+``SeedSequence([base_seed, s, i]).generate_state(1)[0]`` and the key ``PRNGKey(seed)``, so a
+shard's content depends only on the configuration and its index. Shards are written to a
+temporary name and renamed, with fixed zip timestamps, so an interrupted run resumes to
+byte-identical files and never leaves a half-written shard under a final name. A directory
+whose manifest differs from the requested configuration is refused (``ValueError``); an
+existing shard that cannot be read is reported, never overwritten.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from data_gen.cosmology import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE, check_grid
+from data_gen.power import DEFAULT_BOX, DEFAULT_N, _resolve_slab
+
+__all__ = [
+    "SIMULATORS",
+    "FORMAT_VERSION",
+    "make_config",
+    "design_theta",
+    "sim_seeds",
+    "simulate",
+    "generate_dataset",
+    "read_shard",
+    "write_shard",
+]
+
+SIMULATORS = ("grf", "lognormal", "nbody")
+FORMAT_VERSION = 1
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_SHARD_KEYS = ("maps", "theta", "sim_id", "seed")
+
+
+def make_config(
+    simulator: str,
+    n_sims: int,
+    n: int = DEFAULT_N,
+    box: float = DEFAULT_BOX,
+    slab: float | None = None,
+    nonlinear: bool = False,
+    shard_size: int = 64,
+    seed: int = 0,
+    design: str = "sobol",
+    n_fiducial: int = 0,
+    n_mesh: int | None = None,
+    n_steps: int = 10,
+    a_init: float = 0.1,
+    n_slabs: int = 4,
+) -> dict:
+    """Validated configuration dict (the content of ``manifest.json``)."""
+    from data_gen import __version__
+
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {SIMULATORS}, got {simulator!r}")
+    n, box = check_grid(n, box)
+    for name, v, lo in (("n_sims", n_sims, 1), ("shard_size", shard_size, 1),
+                        ("n_fiducial", n_fiducial, 0), ("seed", seed, 0)):
+        if isinstance(v, bool) or int(v) != v or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if design not in ("sobol", "lhs"):
+        raise ValueError(f"design must be 'sobol' or 'lhs', got {design!r}")
+    cfg = {
+        "format_version": FORMAT_VERSION,
+        "version": __version__,
+        "simulator": simulator,
+        "n": n,
+        "box": box,
+        "n_sims": int(n_sims),
+        "shard_size": int(shard_size),
+        "seed": int(seed),
+        "design": design,
+        "n_fiducial": int(n_fiducial),
+        "fiducial_theta": list(FIDUCIAL_THETA),
+        "omega_m_range": list(OMEGA_M_RANGE),
+        "sigma8_range": list(SIGMA8_RANGE),
+    }
+    if simulator == "nbody":
+        from data_gen.nbody import _check_nbody_args
+
+        n_mesh = n if n_mesh is None else n_mesh
+        n_mesh, box, n_steps, a_init, n_slabs, _, _ = _check_nbody_args(
+            n_mesh, box, n_steps, a_init, n_slabs, n, 2)
+        cfg.update(slab=box / n_slabs, n_mesh=n_mesh, n_steps=n_steps, a_init=a_init,
+                   n_slabs=n_slabs, lpt_order=2, maps_per_sim=n_slabs)
+    else:
+        cfg.update(slab=_resolve_slab(box, slab), nonlinear=bool(nonlinear), maps_per_sim=1)
+    return cfg
+
+
+def design_theta(n_sims: int, seed: int = 0, design: str = "sobol") -> np.ndarray:
+    """(n_sims, 2) float32 theta covering the prior box: scrambled Sobol or Latin hypercube."""
+    from scipy.stats import qmc
+
+    if design == "sobol":
+        u = qmc.Sobol(d=2, scramble=True, seed=seed).random(n_sims)
+    elif design == "lhs":
+        u = qmc.LatinHypercube(d=2, seed=seed).random(n_sims)
+    else:
+        raise ValueError(f"design must be 'sobol' or 'lhs', got {design!r}")
+    lo = np.array([OMEGA_M_RANGE[0], SIGMA8_RANGE[0]])
+    hi = np.array([OMEGA_M_RANGE[1], SIGMA8_RANGE[1]])
+    return (lo + u * (hi - lo)).astype(np.float32)
+
+
+def sim_seeds(base_seed: int, set_index: int, start: int, stop: int) -> np.ndarray:
+    """uint32 seeds of simulations start..stop-1 of a set (0 design, 1 fiducial)."""
+    return np.array(
+        [np.random.SeedSequence([base_seed, set_index, i]).generate_state(1)[0]
+         for i in range(start, stop)], dtype=np.uint32)
+
+
+def simulate(cfg: dict, seeds: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Maps of the simulations with these seeds: (len(seeds) * maps_per_sim, n, n) float32."""
+    keys = jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, np.uint32))
+    theta = np.asarray(theta, np.float32)
+    sim = cfg["simulator"]
+    if sim == "grf":
+        from data_gen.gaussian import _grf_keys
+
+        out = _grf_keys(keys, theta, cfg["n"], cfg["box"], cfg["slab"], cfg["nonlinear"])
+    elif sim == "lognormal":
+        from data_gen.lognormal import _lognormal_keys
+
+        out = _lognormal_keys(keys, theta, cfg["n"], cfg["box"], cfg["slab"], cfg["nonlinear"])
+    else:
+        from data_gen.nbody import _nbody_keys
+
+        out = _nbody_keys(keys, theta, cfg["n_mesh"], cfg["box"], cfg["n_steps"],
+                          cfg["a_init"], cfg["n_slabs"], cfg["n"], cfg["lpt_order"])
+    return np.asarray(out, np.float32).reshape(-1, cfg["n"], cfg["n"])
+
+
+def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an uncompressed .npz with fixed timestamps atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+                zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE), buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_shard(path: Path, n: int | None = None) -> dict[str, np.ndarray]:
+    """Load and check one shard; ``ValueError`` naming the file if it is corrupt."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as err:  # zipfile.BadZipFile, OSError, ValueError, EOFError ...
+        raise ValueError(f"corrupt shard {path}: cannot be read ({err})") from None
+    missing = [k for k in _SHARD_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"corrupt shard {path}: missing arrays {missing}")
+    m = data["maps"]
+    ok = (m.ndim == 3 and m.shape[1] == m.shape[2] and data["theta"].shape == (len(m), 2)
+          and data["sim_id"].shape == (len(m),) and data["seed"].shape == (len(m),)
+          and (n is None or m.shape[1] == n))
+    if not ok:
+        raise ValueError(f"corrupt shard {path}: inconsistent array shapes")
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"corrupt shard {path}: maps contain NaN or inf")
+    return data
+
+
+def _check_manifest(directory: Path, cfg: dict) -> None:
+    man = directory / "manifest.json"
+    if man.exists():
+        try:
+            old = json.loads(man.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{man} is corrupt: {err}") from None
+        diff = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {old.get(k)!r} on disk vs {cfg.get(k)!r} requested"
+                               for k in diff)
+            raise ValueError(
+                f"{directory} holds a data set with another configuration ({detail}); "
+                "use a new directory")
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = man.with_name("manifest.json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, man)
+
+
+def _generate_set(directory: Path, cfg: dict, thetas: np.ndarray, set_index: int,
+                  progress: bool, desc: str, on_shard: Callable[[int], None] | None) -> None:
+    from tqdm.auto import tqdm
+
+    _check_manifest(directory, cfg)
+    n_sims, size, per = cfg["n_sims"], cfg["shard_size"], cfg["maps_per_sim"]
+    n_shards = -(-n_sims // size)
+    todo = []
+    for j in range(n_shards):
+        path = directory / f"shard_{j:05d}.npz"
+        if path.exists():
+            read_shard(path, cfg["n"])  # raises on a corrupt shard: never overwritten
+        else:
+            todo.append(j)
+    bar = tqdm(total=n_sims, desc=desc, unit="sim", disable=not progress,
+               initial=n_sims - sum(min(size, n_sims - j * size) for j in todo))
+    for j in todo:
+        lo, hi = j * size, min((j + 1) * size, n_sims)
+        seeds = sim_seeds(cfg["seed"], set_index, lo, hi)
+        theta = thetas[lo:hi]
+        maps = simulate(cfg, seeds, theta)
+        arrays = {
+            "maps": maps,
+            "theta": np.repeat(theta, per, axis=0).astype(np.float32),
+            "sim_id": np.repeat(np.arange(lo, hi, dtype=np.int64), per),
+            "seed": np.repeat(seeds, per),
+            "simulator": np.array(cfg["simulator"]),
+            "box": np.array(cfg["box"], np.float64),
+            "slab": np.array(cfg["slab"], np.float64),
+            "n": np.array(cfg["n"], np.int64),
+            "version": np.array(cfg["version"]),
+        }
+        write_shard(directory / f"shard_{j:05d}.npz", arrays)
+        bar.update(hi - lo)
+        if on_shard is not None:
+            on_shard(j)
+    bar.close()
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    simulator: str = "lognormal",
+    n_sims: int = 1024,
+    progress: bool = True,
+    on_shard: Callable[[int], None] | None = None,
+    **config,
+) -> dict:
+    """Simulate a data set into ``out_dir`` (and ``out_dir/fiducial``), resuming if present.
+
+    ``config`` are the keyword arguments of ``make_config`` (n, box, slab, nonlinear,
+    shard_size, seed, design, n_fiducial, and for nbody n_mesh, n_steps, a_init, n_slabs).
+    Returns the configuration. ``on_shard(j)`` is called after shard j is written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory")
+    cfg = make_config(simulator, n_sims, **config)
+    thetas = design_theta(n_sims, cfg["seed"], cfg["design"])
+    _generate_set(out, cfg, thetas, 0, progress, f"{simulator} design", on_shard)
+    if cfg["n_fiducial"] > 0:
+        fcfg = dict(cfg, n_sims=cfg["n_fiducial"], n_fiducial=0, design="fiducial")
+        fth = np.tile(np.asarray(FIDUCIAL_THETA, np.float32), (cfg["n_fiducial"], 1))
+        _generate_set(out / "fiducial", fcfg, fth, 1, progress, f"{simulator} fiducial", None)
+    return cfg

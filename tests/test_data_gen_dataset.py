@@ -1,0 +1,100 @@
+"""Sharded data sets: content, determinism, resume byte-identical, refusals, CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_gen.__main__ import main
+from data_gen.dataset import generate_dataset, read_shard
+
+KW = dict(n=8, box=64.0, shard_size=4, seed=3, n_fiducial=3)
+
+
+class Killed(Exception):
+    pass
+
+
+def _files(d: Path) -> dict:
+    files = sorted(p for p in d.rglob("*") if p.is_file())
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in files}
+
+
+def test_generate_contents(tmp_path):
+    cfg = generate_dataset(tmp_path / "ds", "lognormal", 10, progress=False, **KW)
+    d = tmp_path / "ds"
+    names = sorted(p.name for p in d.glob("shard_*.npz"))
+    assert names == ["shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
+    man = json.loads((d / "manifest.json").read_text())
+    assert man == cfg and man["simulator"] == "lognormal" and man["slab"] == 16.0
+    s = read_shard(d / "shard_00002.npz")
+    assert s["maps"].shape == (2, 8, 8) and s["maps"].dtype == np.float32
+    assert s["theta"].dtype == np.float32 and s["sim_id"].tolist() == [8, 9]
+    assert str(s["simulator"]) == "lognormal" and float(s["box"]) == 64.0
+    th = np.concatenate([read_shard(p)["theta"] for p in sorted(d.glob("shard_*.npz"))])
+    assert th[:, 0].min() >= 0.2 and th[:, 0].max() <= 0.5 and len(np.unique(th[:, 0])) == 10
+    f = read_shard(d / "fiducial" / "shard_00000.npz")
+    np.testing.assert_allclose(f["theta"], [[0.3, 0.8]] * 3)
+    assert not np.array_equal(f["maps"][0], s["maps"][0])
+
+
+def test_resume_after_kill_is_byte_identical(tmp_path):
+    ref, part = tmp_path / "ref", tmp_path / "part"
+    generate_dataset(ref, "grf", 10, progress=False, **KW)
+
+    def kill(j):
+        if j == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        generate_dataset(part, "grf", 10, progress=False, on_shard=kill, **KW)
+    assert sorted(p.name for p in part.glob("shard_*")) == ["shard_00000.npz", "shard_00001.npz"]
+    # a half-written temporary file from a killed write is ignored and replaced
+    (part / "shard_00002.npz.tmp").write_bytes(b"garbage")
+    first = (part / "shard_00000.npz").stat().st_mtime_ns
+    generate_dataset(part, "grf", 10, progress=False, **KW)
+    assert (part / "shard_00000.npz").stat().st_mtime_ns == first  # not recomputed
+    assert not list(part.rglob("*.tmp"))
+    assert _files(part) == _files(ref)
+
+
+def test_refuses_other_configuration_and_keeps_data(tmp_path):
+    d = tmp_path / "ds"
+    generate_dataset(d, "grf", 4, progress=False, **KW)
+    before = _files(d)
+    with pytest.raises(ValueError, match="another configuration.*box"):
+        generate_dataset(d, "grf", 4, progress=False, **dict(KW, box=128.0))
+    with pytest.raises(ValueError, match="simulator"):
+        generate_dataset(d, "lognormal", 4, progress=False, **KW)
+    assert _files(d) == before
+
+
+def test_corrupt_shard_is_reported_not_overwritten(tmp_path):
+    d = tmp_path / "ds"
+    generate_dataset(d, "grf", 8, progress=False, **dict(KW, n_fiducial=0))
+    (d / "shard_00001.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="corrupt shard .*shard_00001.npz"):
+        generate_dataset(d, "grf", 8, progress=False, **dict(KW, n_fiducial=0))
+    assert (d / "shard_00001.npz").read_bytes() == b"not a zip"
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="box"):
+        generate_dataset(tmp_path / "a", "grf", 4, progress=False, box=0.0)
+    with pytest.raises(ValueError, match="simulator"):
+        generate_dataset(tmp_path / "b", "nope", 4, progress=False)
+    with pytest.raises(ValueError, match="n_sims"):
+        generate_dataset(tmp_path / "c", "grf", 0, progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_nbody_dataset_and_cli(tmp_path):
+    d = tmp_path / "pm"
+    rc = main([str(d), "--simulator", "nbody", "--n-sims", "2", "--n", "16", "--box", "256",
+               "--n-steps", "3", "--shard-size", "2", "--no-progress"])
+    assert rc == 0
+    s = read_shard(d / "shard_00000.npz")
+    assert s["maps"].shape == (8, 16, 16) and s["sim_id"].tolist() == [0] * 4 + [1] * 4
+    assert main([str(d), "--simulator", "nbody", "--n-sims", "2", "--n", "16", "--box", "128",
+                 "--no-progress"]) == 2
