@@ -81,28 +81,31 @@ def rq_knots(raw: jnp.ndarray, bound: float) -> tuple[jnp.ndarray, jnp.ndarray, 
 
 
 def _bin_quantities(v, knots, edges):
-    """Per-element (lower knots, bin sizes, derivatives) of the bin of ``edges`` holding v.
+    """Per-element (x_j, w_j, y_j, h_j, d_j, d_{j+1}) of the bin j of ``edges`` holding v.
 
-    The gather is a one-hot contraction over the K bins: cheap for small K, and its
-    gradient is a plain reduction (no scatter), which keeps training fast.
+    Written as a sum of steps, q(v) = q_0 + sum_k [v >= e_k] (q_k - q_{k-1}) over the
+    K-1 inner edges, rather than a gather: elementwise work that XLA fuses, whose
+    gradient with respect to the knots is a plain reduction (a gather's would be a
+    scatter, slow on CPU). Plain autodiff, so forward and reverse mode both work.
     """
     xk, yk, dk = knots
     n_bins = xk.shape[-1] - 1
-    idx = jnp.sum(v[..., None] >= edges[..., None, 1:-1], axis=-1)
-    onehot = (idx[..., None] == jnp.arange(n_bins)).astype(v.dtype)  # (..., M, K)
-    table = jnp.stack(
-        [
-            xk[..., :-1],
-            jnp.diff(xk, axis=-1),
-            yk[..., :-1],
-            jnp.diff(yk, axis=-1),
-            dk[..., :-1],
-            dk[..., 1:],
-        ],
-        axis=-1,
-    )  # (..., K, 6)
-    picked = jnp.einsum("...mk,...kc->...mc", onehot, table)
-    return tuple(picked[..., i] for i in range(6))
+    steps = [(v >= edges[..., k : k + 1]).astype(v.dtype) for k in range(1, n_bins)]
+    out = []
+    for q in (
+        xk[..., :-1],
+        jnp.diff(xk, axis=-1),
+        yk[..., :-1],
+        jnp.diff(yk, axis=-1),
+        dk[..., :-1],
+        dk[..., 1:],
+    ):
+        dq = jnp.diff(q, axis=-1)
+        acc = jnp.broadcast_to(q[..., :1], v.shape)
+        for k, step in enumerate(steps):
+            acc = acc + step * dq[..., k : k + 1]
+        out.append(acc)
+    return tuple(out)
 
 
 def rq_forward(

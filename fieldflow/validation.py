@@ -22,7 +22,8 @@ def is_concrete(x) -> bool:
 
 
 def _check_finite(x, name: str) -> None:
-    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    # numpy, not jnp: inside a trace even a concrete array's jnp result would be traced
+    if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError(f"{name} contains NaN or inf values")
 
 
