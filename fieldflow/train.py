@@ -255,6 +255,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     stop_at_step: int | None = None,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Train ``model`` by maximum likelihood; returns it with its best validation parameters.
 
@@ -268,6 +269,8 @@ def fit(
         progress: show a tqdm bar with the running loss.
         stop_at_step: leave the loop after this step (with a checkpoint), as an
             interruption would; ``resume=True`` continues the same trajectory.
+        max_seconds: likewise leave the loop once this much wall time has passed
+            (for training-time comparisons; the step reached depends on the machine).
     """
     import time
 
@@ -372,7 +375,8 @@ def fit(
             history["train"].append({"step": step, "nll_per_pixel": loss})
             bar.set_postfix(loss=f"{running:.4f}")
         bar.update(1)
-        if step % config.eval_every == 0 or step == config.steps:
+        out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds
+        if step % config.eval_every == 0 or step == config.steps or out_of_time:
             val_nll = _evaluate(eval_fn, params, val_maps, val_theta, config.batch_size, put)
             if not math.isfinite(val_nll):
                 diverged = True
@@ -398,7 +402,7 @@ def fit(
             bar.set_postfix(loss=f"{running:.4f}", val=f"{per_pix:.4f}")
             if config.patience is not None and best["bad_evals"] >= config.patience:
                 stopped_early = True
-        interrupted = stop_at_step is not None and step >= stop_at_step
+        interrupted = (stop_at_step is not None and step >= stop_at_step) or out_of_time
         if store is not None and (
             step % config.checkpoint_every == 0
             or step == config.steps
