@@ -96,6 +96,7 @@ def train_run(
     resume=False,
     progress=True,
     seed=0,
+    max_seconds=None,
 ) -> dict:
     """Train a model on a data set directory; returns a summary with validation and test NLL."""
     from data_gen.lognormal import lognormal_log_likelihood
@@ -109,7 +110,16 @@ def train_run(
     if len(train[0]) == 0 or len(val[0]) == 0:
         raise UserError(f"{data_dir} has too few simulations for train/validation splits")
     model = model_for_data(model_type, train[0], seed=seed, **(model_kwargs or {}))
-    result = fit(model, train, val, config, run_dir=out_dir, resume=resume, progress=progress)
+    result = fit(
+        model,
+        train,
+        val,
+        config,
+        run_dir=out_dir,
+        resume=resume,
+        progress=progress,
+        max_seconds=max_seconds,
+    )
     summary = {
         "command": "train",
         "run_dir": str(out_dir),
