@@ -233,6 +233,84 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     return summary
 
 
+# -------------------------------------------------------------------------------- infer
+def read_maps(path, index=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Maps (M, N, N) and their theta (or None) from an .npz with 'maps' or 'map', or a .npy."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"map file {path} does not exist")
+    try:
+        data = np.load(path)
+    except Exception as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if isinstance(data, np.ndarray):
+        maps, theta = data, None
+    else:
+        key = "maps" if "maps" in data.files else "map" if "map" in data.files else None
+        if key is None:
+            raise UserError(f"{path} holds {data.files}; expected an array named 'maps' or 'map'")
+        maps = data[key]
+        theta = data["theta"] if "theta" in data.files else None
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+        theta = None if theta is None else np.asarray(theta).reshape(1, -1)
+    if maps.ndim != 3:
+        raise UserError(f"maps in {path} must be (N, N) or (M, N, N), got {maps.shape}")
+    if index is not None:
+        if not -len(maps) <= index < len(maps):
+            raise UserError(f"--index {index} is out of range for {len(maps)} maps")
+        maps = maps[index : index + 1]
+        theta = None if theta is None else theta[index : index + 1]
+    return maps, theta
+
+
+def cmd_infer(args: argparse.Namespace) -> dict:
+    from fieldflow import inference
+    from fieldflow.evaluation import plot_posteriors
+
+    model = _load_model(args.run_dir)
+    if not model.cond_dim:
+        raise UserError("inference needs a conditional model (trained on (Omega_m, sigma_8))")
+    maps, theta = read_maps(args.map_file, args.index)
+    grid = inference.theta_grid(
+        args.grid,
+        args.grid,
+        om_range=(model.cond_low[0], model.cond_high[0]),
+        s8_range=(model.cond_low[1], model.cond_high[1]),
+    )
+    posteriors = {"TRENF": inference.flow_posterior(model, maps, grid)}
+    if args.lognormal_box:
+        posteriors["exact lognormal"] = inference.exact_lognormal_posterior(
+            maps, grid, box=args.lognormal_box
+        )
+    truth = None if theta is None or len(maps) != 1 else theta[0]
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plot_posteriors(posteriors, theta_true=truth)
+    fig.savefig(out / "posterior.png", dpi=120)
+    _save_npz(
+        out / "posterior.npz",
+        om=grid.om,
+        s8=grid.s8,
+        **{name.replace(" ", "_"): p.post for name, p in posteriors.items()},
+    )
+    summary = {
+        "command": "infer",
+        "map_file": str(args.map_file),
+        "n_maps": len(maps),
+        "theta_true": None if truth is None else truth.tolist(),
+        "posteriors": {name: p.summary() for name, p in posteriors.items()},
+        "files": ["posterior.png", "posterior.npz"],
+    }
+    p = posteriors["TRENF"]
+    print(
+        f"Omega_m = {p.mean[0]:.4f} +- {p.std[0]:.4f}, sigma_8 = {p.mean[1]:.4f} +- "
+        f"{p.std[1]:.4f}, corr {p.corr:+.2f}, FoM {p.fom:.0f}; figure {out / 'posterior.png'}"
+    )
+    return summary
+
+
 # --------------------------------------------------------------------------- benchmark
 def cmd_benchmark(args: argparse.Namespace) -> dict:
     from fieldflow.benchmarks import speed_benchmark
@@ -244,13 +322,16 @@ def cmd_benchmark(args: argparse.Namespace) -> dict:
 
 # --------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args: argparse.Namespace) -> dict:
-    """Generate a small lognormal set, train TRENF briefly, sample, infer, denoise."""
+    """Generate a small lognormal set, train TRENF briefly, sample, infer a held-out map."""
+    import shutil
+
+    from fieldflow.data import load_dataset
     from fieldflow.train import TrainConfig
 
     out = Path(args.out_dir)
-    data_dir = out / "data"
+    data_dir, run_dir = out / "data", out / "run"
     t0 = time.perf_counter()
-    print(f"[1/3] generating {args.n_sims} lognormal {args.n}x{args.n} maps in {data_dir}")
+    print(f"[1/4] generating {args.n_sims} lognormal {args.n}x{args.n} maps in {data_dir}")
     cmd_generate(
         argparse.Namespace(
             out_dir=data_dir,
@@ -264,7 +345,8 @@ def cmd_quickstart(args: argparse.Namespace) -> dict:
             no_progress=args.no_progress,
         )
     )
-    print(f"[2/3] training TRENF for {args.steps} steps in {out / 'run'}")
+
+    print(f"[2/4] training TRENF for {args.steps} steps in {run_dir}")
     config = TrainConfig(
         steps=args.steps,
         batch_size=32,
@@ -275,33 +357,58 @@ def cmd_quickstart(args: argparse.Namespace) -> dict:
         patience=None,
         seed=args.seed,
     )
-    resume = (out / "run" / "checkpoints").is_dir()
-    summary = train_run(
+    shutil.rmtree(run_dir, ignore_errors=True)  # the quickstart's own earlier run
+    train = train_run(
         data_dir,
-        out / "run",
+        run_dir,
         "trenf",
-        {"n_layers": 3, "hidden": (64, 64)},
+        {"n_layers": 5, "hidden": (64, 64)},
         config,
-        resume=resume,
         progress=not args.no_progress,
         seed=args.seed,
     )
     print(
-        f"      test NLL {summary.get('test_nll_per_pixel', float('nan')):.4f} nats/pixel, "
-        f"exact {summary.get('exact_test_nll_per_pixel', float('nan')):.4f}, "
-        f"gap {summary.get('gap_nats_per_pixel', float('nan')):.4f}"
+        f"      test NLL {train['test_nll_per_pixel']:.4f} nats/pixel; exact lognormal "
+        f"{train['exact_test_nll_per_pixel']:.4f}; gap {train['gap_nats_per_pixel']:.4f}"
     )
-    print(f"[3/3] sampling mock fields at theta = (0.3, 0.8) in {out / 'samples'}")
-    cmd_sample(
+
+    print(f"[3/4] sampling mock fields at theta = (0.3, 0.8) in {out / 'samples'}")
+    sample = cmd_sample(
         argparse.Namespace(
-            run_dir=out / "run", out_dir=out / "samples", num=8, theta=[0.3, 0.8], seed=args.seed
+            run_dir=run_dir, out_dir=out / "samples", num=8, theta=[0.3, 0.8], seed=args.seed
         )
     )
+    _write_json(out / "samples" / "summary.json", sample)
+
+    test_maps, test_theta = load_dataset(data_dir, seed=args.seed)["test"]
+    _save_npz(out / "test_maps.npz", maps=test_maps[:8], theta=test_theta[:8])
+    print(
+        f"[4/4] posterior of (Omega_m, sigma_8) for a held-out map (truth {test_theta[0, 0]:.3f},"
+        f" {test_theta[0, 1]:.3f}) in {out / 'infer'}"
+    )
+    infer = cmd_infer(
+        argparse.Namespace(
+            run_dir=run_dir,
+            map_file=out / "test_maps.npz",
+            out_dir=out / "infer",
+            index=0,
+            grid=50,
+            lognormal_box=args.box,
+        )
+    )
+    _write_json(out / "infer" / "summary.json", infer)
+
+    figures = [
+        run_dir / "loss.png",
+        out / "samples" / "samples.png",
+        out / "infer" / "posterior.png",
+    ]
     result = {
         "command": "quickstart",
-        "train": summary,
+        "train": train,
+        "infer": infer["posteriors"],
         "seconds": time.perf_counter() - t0,
-        "figures": [str(out / "run" / "loss.png"), str(out / "samples" / "samples.png")],
+        "figures": [str(f) for f in figures],
     }
     print("figures: " + ", ".join(result["figures"]))
     return result
@@ -368,6 +475,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
 
+    p = add("infer", "posterior on (Ωm, σ8) of a map file, with its contour plot")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("map_file", type=Path, help=".npz with 'maps' (M, N, N) or 'map'; or .npy")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="one map of the file (default: all, as independent maps)",
+    )
+    p.add_argument("--grid", type=int, default=60, help="grid points per parameter")
+    p.add_argument(
+        "--lognormal-box",
+        type=float,
+        default=None,
+        help="also the exact lognormal posterior, for maps of this box size",
+    )
+
     p = add("benchmark", "speed of log_prob, sample and a training step (JSON)")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--batch", type=int, default=32)
@@ -376,10 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("quickstart", "the whole small pipeline on CPU in minutes")
     p.add_argument("out_dir", type=Path, nargs="?", default=Path("out/quickstart"))
-    p.add_argument("--n-sims", type=int, default=320)
+    p.add_argument("--n-sims", type=int, default=1024)
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--box", type=float, default=128.0)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     return parser
@@ -389,6 +514,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "train": cmd_train,
     "sample": cmd_sample,
+    "infer": cmd_infer,
     "benchmark": cmd_benchmark,
     "quickstart": cmd_quickstart,
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -155,7 +156,7 @@ def radial_average_half(
     onehot = (idx[..., None] == np.arange(n_bins)) * w[..., None]  # (N, N//2+1, n_bins)
     counts = onehot.sum(axis=(0, 1))
     weights = jnp.asarray(onehot / np.maximum(counts, 1.0), dtype=jnp.float32)
-    return jnp.einsum("...ij,ijb->...b", values, weights)
+    return jnp.einsum("...ij,ijb->...b", values, weights, precision=jax.lax.Precision.HIGHEST)
 
 
 def cross_power_spectrum(
