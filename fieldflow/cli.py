@@ -493,6 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the exact lognormal posterior, for maps of this box size",
     )
 
+    for name, help_text in PASS_THROUGH.items():
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            add_help=False,
+            description=f"{help_text}; see `fieldflow {name} --help`",
+        )
+        p.add_argument("args", nargs=argparse.REMAINDER)
+
     p = add("benchmark", "speed of log_prob, sample and a training step (JSON)")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--batch", type=int, default=32)
@@ -510,6 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# subcommands whose module owns its argument parser: fieldflow NAME ... == module.main([...])
+PASS_THROUGH = {
+    "evaluate": "sample quality (P(k), PDF, peaks) and posteriors of a run vs held-out sims",
+}
+
 COMMANDS = {
     "generate": cmd_generate,
     "train": cmd_train,
@@ -521,6 +535,17 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASS_THROUGH:
+        import importlib
+
+        module = importlib.import_module(f"fieldflow.commands.{argv[0]}")
+        try:
+            module.main(argv[1:])
+        except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:
+            print(f"fieldflow: error: {err}", file=sys.stderr)
+            return 2
+        return 0
     args = build_parser().parse_args(argv)
     out_dir = getattr(args, "out_dir", None) or getattr(args, "run_dir", None)
     try:

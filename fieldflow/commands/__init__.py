@@ -1,0 +1,1 @@
+"""Subcommands of the ``fieldflow`` command line that own their argument parsers."""
