@@ -47,26 +47,32 @@ ANISOTROPY = 1.5  # k_x stretch of the deliberately non-radial kernel used as a 
 
 
 class RadialGrid:
-    """Precomputed map from T's knot values to log T on the rfft2 half plane.
+    """Precomputed map from T's values to log T on the rfft2 half plane.
 
-    The kernel is T(k) = exp(S(k)), S the natural cubic spline through
-    ``n_knots`` values at equally spaced wavenumbers (grid units, k_f = 1) from
-    0 to the largest |k| on the grid. Every half-plane entry is assigned to one
-    of the distinct radii, so evaluating T costs one small matrix product and a
-    gather. With ``radial=False`` the radius is sqrt((1.5 k_x)^2 + k_y^2): still
-    a real, even kernel (the map stays real and translation-equivariant) but no
-    longer invariant under 90-degree rotations.
+    The kernel is T(k) = exp(S(k)). The mean mode k = 0 has its own value
+    (``values[0]``): it is a single mode whose scale may differ sharply from its
+    neighbours. For k > 0, S is the natural cubic spline through the other
+    ``n_knots - 1`` values at equally spaced wavenumbers (grid units, k_f = 1)
+    from the smallest to the largest nonzero |k| on the grid. The values enter
+    log T linearly, through a basis precomputed for the grid, so evaluating T
+    costs one small matrix product.
+
+    With ``radial=False`` the radius is sqrt((1.5 k_x)^2 + k_y^2): still a real,
+    even kernel (the map stays real and translation-equivariant) but no longer
+    invariant under 90-degree rotations.
     """
 
     def __init__(self, n: int, n_knots: int, radial: bool = True):
-        if n_knots < 2:
-            raise ValueError(f"n_t_knots must be >= 2, got {n_knots}")
+        if n_knots < 3:
+            raise ValueError(f"n_t_knots must be >= 3 (k = 0 and two spline knots), got {n_knots}")
         kx, ky = kgrid_half(n)  # grid units: k_f = 1
         stretch = 1.0 if radial else ANISOTROPY
         k = np.sqrt((stretch * kx) ** 2 + ky**2)
         radii, inverse = np.unique(np.round(k, 9), return_inverse=True)
-        knots = np.linspace(0.0, radii[-1], n_knots)
-        basis = cubic_spline_basis(knots, radii)  # (n_knots, U)
+        knots = np.linspace(radii[1], radii[-1], n_knots - 1)
+        basis = np.zeros((n_knots, len(radii)))  # radii[0] == 0: the mean mode
+        basis[0, 0] = 1.0
+        basis[1:, 1:] = cubic_spline_basis(knots, radii[1:])
         counts = np.bincount(inverse.ravel(), weights=rfft_multiplicity(n).ravel())
         self.n = n
         self.n_knots = n_knots

@@ -63,7 +63,8 @@ class TRENF(nnx.Module):
         shape: (N, N) map shape.
         n_layers: number of Psi o T layers.
         n_psi_bins: bins K of each rational-quadratic spline Psi.
-        n_t_knots: knots of each radial kernel spline; default N // 2 + 1.
+        n_t_knots: values of each radial kernel: log T(0) and the spline knots of log T(k > 0);
+            default N // 2 + 1.
         psi_bound: Psi acts on [-B, B] (after standardisation) and is the identity outside.
         cond_dim: 2 for (Omega_m, sigma_8); 0 for an unconditional model.
         hidden: widths of the conditioner MLP.
@@ -105,8 +106,8 @@ class TRENF(nnx.Module):
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if n_psi_bins < 2:
             raise ValueError(f"n_psi_bins must be >= 2, got {n_psi_bins}")
-        if n_t_knots < 2:
-            raise ValueError(f"n_t_knots must be >= 2, got {n_t_knots}")
+        if n_t_knots < 3:
+            raise ValueError(f"n_t_knots must be >= 3, got {n_t_knots}")
         if not psi_bound > 0:
             raise ValueError(f"psi_bound must be positive, got {psi_bound}")
         if not (np.isfinite(data_scale) and data_scale > 0 and np.isfinite(data_shift)):
