@@ -56,7 +56,9 @@ def bench_size(n: int, batch: int, n_layers: int, hidden: tuple[int, ...], repea
     t_lp = timeit(log_prob, params, x, cond, repeats=repeats)
     t_sample = timeit(sample, params, key, cond, repeats=repeats)
     t_train = timeit(train_step, params, opt_state, x, cond, key, repeats=repeats)
+    stats = jax.devices()[0].memory_stats() or {}
     return {
+        "peak_device_memory_mb": stats.get("peak_bytes_in_use", 0) / 2**20 or None,
         "n": n,
         "batch": batch,
         "n_layers": n_layers,
