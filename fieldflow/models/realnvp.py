@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fieldflow.models.trenf import standard_normal_logpdf
-from fieldflow.validation import check_cond, check_cond_range, check_fields
+from fieldflow.models.base import FlowModel
 
 __all__ = [
     "RealNVP",
@@ -55,6 +54,7 @@ __all__ = [
     "unsqueeze",
     "checkerboard",
 ]
+
 
 # --------------------------------------------------------------------- permutations
 def squeeze(h: jnp.ndarray) -> jnp.ndarray:
@@ -352,7 +352,7 @@ class MultiScaleBlock(nnx.Module):
 
 
 # ----------------------------------------------------------------------------- model
-class RealNVP(nnx.Module):
+class RealNVP(FlowModel):
     """Conditional multi-scale RealNVP on (B, N, N) float32 maps (the non-equivariant baseline).
 
     Args:
@@ -424,7 +424,7 @@ class RealNVP(nnx.Module):
         self.cond_high = tuple(float(v) for v in cond_high[:cond_dim])
         self.data_shift = float(data_shift)
         self.data_scale = float(data_scale)
-        self.config = {
+        config = {
             "shape": list(shape),
             "n_scales": self.n_scales,
             "n_couplings_per_scale": int(n_couplings_per_scale),
@@ -438,6 +438,10 @@ class RealNVP(nnx.Module):
             "max_log_scale": float(max_log_scale),
             "init_noise": float(init_noise),
         }
+        # hashable (tuples), since the module structure is a static jit argument
+        self._config_items = tuple(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()
+        )
         coupling_kwargs = dict(
             cond_dim=self.cond_dim,
             hidden=int(hidden_channels),
@@ -453,12 +457,10 @@ class RealNVP(nnx.Module):
         )
 
     # ----------------------------------------------------------------- internals
-    def _check(self, x, cond, name: str):
-        x = check_fields(x, self.shape, name)
-        cond = check_cond(cond, x.shape[0], self.cond_dim)
-        if cond is not None:
-            check_cond_range(cond, self.cond_low, self.cond_high)
-        return x, cond
+    @property
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments: ``RealNVP(**config, rngs=...)`` rebuilds it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._config_items}
 
     def _normalise_cond(self, cond):
         """theta (B, D) -> 2 (theta - low) / (high - low) - 1, in [-1, 1] on the trained range."""
@@ -494,39 +496,3 @@ class RealNVP(nnx.Module):
     def _inverse(self, z, cond):
         u = self._flow_inverse(z[..., None], self._normalise_cond(cond), 0)[..., 0]
         return u * self.data_scale + self.data_shift
-
-    # ------------------------------------------------------------------- public
-    def forward(self, x, cond=None) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Data to latent: z (B, N, N) and log|det dz/dx| (B,) in nats."""
-        return self._forward(*self._check(x, cond, "x"))
-
-    def inverse(self, z, cond=None) -> jnp.ndarray:
-        """Latent to data: x (B, N, N)."""
-        return self._inverse(*self._check(z, cond, "z"))
-
-    def log_prob(self, x, cond=None) -> jnp.ndarray:
-        """log p(x | cond) = log N(z; 0, I) + log|det dz/dx| in nats, shape (B,)."""
-        z, logdet = self._forward(*self._check(x, cond, "x"))
-        return standard_normal_logpdf(z) + logdet
-
-    def sample(self, key: jax.Array, cond=None, *, num: int | None = None) -> jnp.ndarray:
-        """Draw maps x ~ p(x | cond): (B, N, N) for cond (B, cond_dim), or ``num`` maps
-        from an unconditional model."""
-        if self.cond_dim:
-            if num is not None:
-                raise ValueError("num is only for unconditional models; pass cond (B, 2)")
-            if cond is None or not hasattr(cond, "shape") and np.ndim(cond) == 0:
-                raise ValueError(f"cond is required: expected shape (B, {self.cond_dim})")
-            batch = int(np.shape(cond)[0]) if np.ndim(cond) == 2 else -1
-        else:
-            if num is None or int(num) < 1:
-                raise ValueError(f"num must be a positive integer, got {num!r}")
-            batch = int(num)
-        if batch < 1:
-            raise ValueError(f"cond must have shape (B, {self.cond_dim}), got {np.shape(cond)}")
-        z = jax.random.normal(key, (batch, *self.shape), dtype=jnp.float32)
-        return self.inverse(z, cond)
-
-    def num_params(self) -> int:
-        """Number of trainable scalars."""
-        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))

@@ -1,0 +1,103 @@
+"""The public protocol every fieldflow model shares.
+
+A subclass sets ``shape``, ``cond_dim``, ``cond_low`` and ``cond_high`` and implements
+the pure, unchecked ``_forward(x, cond) -> (z, logdet)`` and ``_inverse(z, cond) -> x``.
+The public methods validate their input once, then run the pure code under one
+cached ``jax.jit`` per model structure and input shape:
+
+    log p(x | cond) = log N(z; 0, I) + log |det dz/dx|,   z = forward(x, cond).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fieldflow.validation import check_cond, check_cond_range, check_fields
+
+__all__ = ["FlowModel", "standard_normal_logpdf", "call_jitted"]
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def standard_normal_logpdf(z: jnp.ndarray) -> jnp.ndarray:
+    """log N(z; 0, I) summed over the map: -1/2 sum z^2 - (N^2 / 2) log 2 pi, shape (B,)."""
+    d = z.shape[-1] * z.shape[-2]
+    return -0.5 * jnp.sum(z * z, axis=(-2, -1)) - 0.5 * d * LOG_2PI
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jitted_method(graphdef, method: str, state, *args):
+    """Run a pure method of a split module under one cached jit per (structure, method)."""
+    return getattr(nnx.merge(graphdef, state), method)(*args)
+
+
+def call_jitted(module: nnx.Module, method: str, *args):
+    """``module.method(*args)`` compiled once per module structure and input shape."""
+    graphdef, state = nnx.split(module)
+    return _jitted_method(graphdef, method, state, *args)
+
+
+class FlowModel(nnx.Module):
+    """Base of the normalizing-flow models: forward, inverse, log_prob, sample."""
+
+    model_type: str
+    shape: tuple[int, int]
+    cond_dim: int
+    cond_low: tuple[float, ...]
+    cond_high: tuple[float, ...]
+
+    def _forward(self, x, cond):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _inverse(self, z, cond):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check(self, x, cond, name: str):
+        x = check_fields(x, self.shape, name)
+        cond = check_cond(cond, x.shape[0], self.cond_dim)
+        if cond is not None:
+            check_cond_range(cond, self.cond_low, self.cond_high)
+        return x, cond
+
+    def _log_prob(self, x, cond):
+        z, logdet = self._forward(x, cond)
+        return standard_normal_logpdf(z) + logdet
+
+    def forward(self, x, cond=None) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Data to latent: z (B, N, N) and log|det dz/dx| (B,) in nats."""
+        return call_jitted(self, "_forward", *self._check(x, cond, "x"))
+
+    def inverse(self, z, cond=None) -> jnp.ndarray:
+        """Latent to data: x (B, N, N)."""
+        return call_jitted(self, "_inverse", *self._check(z, cond, "z"))
+
+    def log_prob(self, x, cond=None) -> jnp.ndarray:
+        """log p(x | cond) = log N(z; 0, I) + log|det dz/dx| in nats, shape (B,)."""
+        return call_jitted(self, "_log_prob", *self._check(x, cond, "x"))
+
+    def sample(self, key: jax.Array, cond=None, *, num: int | None = None) -> jnp.ndarray:
+        """Draw maps x ~ p(x | cond): (B, N, N) for cond (B, cond_dim), or ``num`` maps
+        from an unconditional model."""
+        if self.cond_dim:
+            if num is not None:
+                raise ValueError("num is only for unconditional models; pass cond (B, 2)")
+            if cond is None or not hasattr(cond, "shape") and np.ndim(cond) == 0:
+                raise ValueError(f"cond is required: expected shape (B, {self.cond_dim})")
+            batch = int(np.shape(cond)[0]) if np.ndim(cond) == 2 else -1
+        else:
+            if num is None or int(num) < 1:
+                raise ValueError(f"num must be a positive integer, got {num!r}")
+            batch = int(num)
+        if batch < 1:
+            raise ValueError(f"cond must have shape (B, {self.cond_dim}), got {np.shape(cond)}")
+        z = jax.random.normal(key, (batch, *self.shape), dtype=jnp.float32)
+        return self.inverse(z, cond)
+
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
