@@ -216,3 +216,18 @@ def test_data_parallel_training_matches_one_device():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["True"], out["False"], rtol=1e-5)
+
+
+def test_train_and_eval_steps_compile_once(caplog):
+    maps, theta = toy_data()
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING", logger="jax._src.dispatch"):
+            fit(
+                small_model(), (maps[:40], theta[:40]), (maps[40:], theta[40:]), CFG, progress=False
+            )
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage() for r in caplog.records if "compilation of" in r.getMessage()]
+    assert sum("jit(step)" in m for m in compiled) == 1, compiled
+    assert sum("jit(nll_sum)" in m for m in compiled) == 1, compiled
