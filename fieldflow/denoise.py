@@ -706,6 +706,95 @@ def flow_map(
     return MAPResult(field, int(it), gnorm, ok, obj, theta, stopped)
 
 
+def flow_latent_map(
+    model,
+    d,
+    mask,
+    noise_var,
+    *,
+    cond=None,
+    init=None,
+    signal_power_half=None,
+    steps: int = 500,
+    gtol: float = 1e-4,
+) -> MAPResult:
+    """MAP of the flow's latent: z_hat = argmax_z [-1/2 (d - M s(z))^T N^-1 (d - M s(z))
+    - 1/2 |z|^2], s(z) = f^-1(z | theta); returns s(z_hat).
+
+    Not the MAP of the field (:func:`flow_map`): the prior term is log N(z), without
+    the flow's log-determinant. For a flow whose first layer is ~log(1 + delta) this
+    is the analogue of the lognormal MAP of g = log(1 + delta) (``jacobian=False`` in
+    :func:`lognormal_log_prior`), which does not sink the masked pixels towards the
+    mode of the one-point PDF as the field MAP does. For a Gaussian flow both are the
+    Wiener filter. Optimised with L-BFGS from z = f(start), start the Wiener filter
+    (``signal_power_half``), ``init`` or M d; the B maps jointly, in one jitted loop.
+    """
+    from flax import nnx
+
+    d_b, single = _as_batch(d)
+    m = _check_mask(mask, d_b.shape)
+    v = _check_noise(noise_var, d_b.shape)
+    w = jnp.asarray(np.broadcast_to(m / v, d_b.shape), dtype=jnp.float32)
+    if init is not None:
+        s0, _ = _as_batch(init, "init")
+    elif signal_power_half is not None:
+        s0 = np.asarray(wiener_filter(d_b, m, v, signal_power_half).field)
+    else:
+        s0 = m * d_b
+    if cond is not None:
+        cond = np.broadcast_to(np.asarray(cond, np.float32), (d_b.shape[0], model.cond_dim))
+    z0 = model.forward(np.asarray(s0, np.float32), cond)[0]
+    graphdef, state = nnx.split(model)
+    scale = jnp.sqrt(jnp.sum((w * d_b) ** 2, axis=(-2, -1))) + 1e-30
+    result = _latent_solver(graphdef, int(steps))(
+        z0, state, jnp.asarray(d_b, jnp.float32), w, cond, jnp.float32(gtol), scale
+    )
+    field, it, gnorm, obj = result
+    ok = np.asarray(gnorm) <= gtol
+    field = field[0] if single else field
+    return MAPResult(field, int(it), gnorm, ok, obj, None, "gtol" if ok.all() else "max_steps")
+
+
+@functools.lru_cache(maxsize=8)
+def _latent_solver(graphdef, steps: int):
+    from flax import nnx
+
+    solver = optax.lbfgs()
+
+    @jax.jit
+    def run(z0, state, d, w, cond, gtol, scale):
+        def per_map(z):
+            s = nnx.merge(graphdef, state)._inverse(z, cond)
+            return 0.5 * jnp.sum(w * (d - s) ** 2, axis=(-2, -1)) + 0.5 * jnp.sum(
+                z * z, axis=(-2, -1)
+            )
+
+        def total(z):
+            return jnp.sum(per_map(z))
+
+        value_and_grad = optax.value_and_grad_from_state(total)
+
+        def body(carry):
+            z, opt_state, i, _ = carry
+            value, grad = value_and_grad(z, state=opt_state)
+            updates, opt_state = solver.update(
+                grad, opt_state, z, value=value, grad=grad, value_fn=total
+            )
+            gnorm = jnp.sqrt(jnp.sum(grad * grad, axis=(-2, -1))) / scale
+            return optax.apply_updates(z, updates), opt_state, i + 1, gnorm
+
+        def keep_going(carry):
+            _, _, i, gnorm = carry
+            return (i < steps) & (jnp.max(gnorm) > gtol)
+
+        init = (z0, solver.init(z0), jnp.int32(0), jnp.full(z0.shape[0], jnp.inf))
+        z, _, it, gnorm = jax.lax.while_loop(keep_going, body, init)
+        field = nnx.merge(graphdef, state)._inverse(z, cond)
+        return field, it, gnorm, -per_map(z)
+
+    return run
+
+
 def lognormal_log_prior(theta, box: float, *, jacobian: bool = True, **kwargs) -> Callable:
     """Exact lognormal log-density as a ``log_prior(s, cond)`` callable (for the benchmark).
 
