@@ -521,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # subcommands whose module owns its argument parser: fieldflow NAME ... == module.main([...])
 PASS_THROUGH = {
+    "denoise": "Wiener filter and flow MAP reconstructions of noisy, masked maps",
     "evaluate": "sample quality (P(k), PDF, peaks) and posteriors of a run vs held-out sims",
 }
 
