@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_gen.cosmology import OMEGA_M_RANGE, SIGMA8_RANGE
+
 __all__ = [
     "OMEGA_M_RANGE",
     "SIGMA8_RANGE",
@@ -68,8 +70,6 @@ __all__ = [
     "hartlap_factor",
 ]
 
-OMEGA_M_RANGE: tuple[float, float] = (0.2, 0.5)
-SIGMA8_RANGE: tuple[float, float] = (0.5, 1.1)
 MASSES: tuple[float, float] = (0.68, 0.95)
 _RANGE_TOL = 1e-6
 

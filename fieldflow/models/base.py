@@ -51,6 +51,27 @@ class FlowModel(nnx.Module):
     cond_low: tuple[float, ...]
     cond_high: tuple[float, ...]
 
+    def _set_data_and_conditions(
+        self, shape, cond_dim, cond_low, cond_high, data_shift, data_scale
+    ) -> None:
+        """Validate and store what every model has: the map shape, the conditions and
+        their trained range, and the fixed standardisation u = (x - shift) / scale."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 2:
+            raise ValueError(f"shape must be (N, N) with N >= 2, got {shape}")
+        if not (np.isfinite(data_scale) and data_scale > 0 and np.isfinite(data_shift)):
+            raise ValueError(f"data_scale must be positive and finite, got {data_scale}")
+        if cond_dim < 0 or (cond_dim and (len(cond_low) < cond_dim or len(cond_high) < cond_dim)):
+            raise ValueError(f"cond_low and cond_high need {cond_dim} entries")
+        if cond_dim and not np.all(np.asarray(cond_high[:cond_dim]) > cond_low[:cond_dim]):
+            raise ValueError(f"cond_high {cond_high} must exceed cond_low {cond_low}")
+        self.shape = shape
+        self.cond_dim = int(cond_dim)
+        self.cond_low = tuple(float(v) for v in cond_low[:cond_dim])
+        self.cond_high = tuple(float(v) for v in cond_high[:cond_dim])
+        self.data_shift = float(data_shift)
+        self.data_scale = float(data_scale)
+
     def _forward(self, x, cond):  # pragma: no cover - abstract
         raise NotImplementedError
 

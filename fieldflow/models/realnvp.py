@@ -392,10 +392,8 @@ class RealNVP(FlowModel):
         init_noise: float = 1e-2,
         rngs: nnx.Rngs,
     ):
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 2:
-            raise ValueError(f"shape must be (N, N) with N >= 2, got {shape}")
-        n = shape[0]
+        self._set_data_and_conditions(shape, cond_dim, cond_low, cond_high, data_shift, data_scale)
+        n = self.shape[0]
         if n_scales < 1:
             raise ValueError(f"n_scales must be >= 1, got {n_scales}")
         if n % 2**n_scales:
@@ -410,22 +408,10 @@ class RealNVP(FlowModel):
             raise ValueError(f"n_res_blocks must be >= 0, got {n_res_blocks}")
         if not (np.isfinite(max_log_scale) and max_log_scale > 0):
             raise ValueError(f"max_log_scale must be positive and finite, got {max_log_scale}")
-        if not (np.isfinite(data_scale) and data_scale > 0 and np.isfinite(data_shift)):
-            raise ValueError(f"data_scale must be positive and finite, got {data_scale}")
-        if cond_dim < 0 or (cond_dim and (len(cond_low) < cond_dim or len(cond_high) < cond_dim)):
-            raise ValueError(f"cond_low and cond_high need {cond_dim} entries")
-        if cond_dim and not np.all(np.asarray(cond_high[:cond_dim]) > cond_low[:cond_dim]):
-            raise ValueError(f"cond_high {cond_high} must exceed cond_low {cond_low}")
 
-        self.shape = shape
         self.n_scales = int(n_scales)
-        self.cond_dim = int(cond_dim)
-        self.cond_low = tuple(float(v) for v in cond_low[:cond_dim])
-        self.cond_high = tuple(float(v) for v in cond_high[:cond_dim])
-        self.data_shift = float(data_shift)
-        self.data_scale = float(data_scale)
         config = {
-            "shape": list(shape),
+            "shape": list(self.shape),
             "n_scales": self.n_scales,
             "n_couplings_per_scale": int(n_couplings_per_scale),
             "hidden_channels": int(hidden_channels),

@@ -76,10 +76,8 @@ class TRENF(FlowModel):
         init_noise: float = 1e-2,
         rngs: nnx.Rngs,
     ):
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 2:
-            raise ValueError(f"shape must be (N, N) with N >= 2, got {shape}")
-        n = shape[0]
+        self._set_data_and_conditions(shape, cond_dim, cond_low, cond_high, data_shift, data_scale)
+        n = self.shape[0]
         n_t_knots = n // 2 + 1 if n_t_knots is None else int(n_t_knots)
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
@@ -89,22 +87,10 @@ class TRENF(FlowModel):
             raise ValueError(f"n_t_knots must be >= 3, got {n_t_knots}")
         if not psi_bound > 0:
             raise ValueError(f"psi_bound must be positive, got {psi_bound}")
-        if not (np.isfinite(data_scale) and data_scale > 0 and np.isfinite(data_shift)):
-            raise ValueError(f"data_scale must be positive and finite, got {data_scale}")
-        if cond_dim < 0 or (cond_dim and (len(cond_low) < cond_dim or len(cond_high) < cond_dim)):
-            raise ValueError(f"cond_low and cond_high need {cond_dim} entries")
-        if cond_dim and not np.all(np.asarray(cond_high[:cond_dim]) > cond_low[:cond_dim]):
-            raise ValueError(f"cond_high {cond_high} must exceed cond_low {cond_low}")
 
-        self.shape = shape
         self.n_layers = int(n_layers)
         self.n_t_knots = n_t_knots
         self.psi_bound = float(psi_bound)
-        self.cond_dim = int(cond_dim)
-        self.cond_low = tuple(float(v) for v in cond_low[:cond_dim])
-        self.cond_high = tuple(float(v) for v in cond_high[:cond_dim])
-        self.data_shift = float(data_shift)
-        self.data_scale = float(data_scale)
         self.radial = bool(radial)
         self.n_psi_bins = int(n_psi_bins)
         self.hidden = tuple(int(h) for h in hidden)
