@@ -322,7 +322,8 @@ def cmd_benchmark(args: argparse.Namespace) -> dict:
 
 # --------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args: argparse.Namespace) -> dict:
-    """Generate a small lognormal set, train TRENF briefly, sample, infer a held-out map."""
+    """Generate a small lognormal set, train TRENF briefly, sample, infer and denoise a
+    held-out map."""
     import shutil
 
     from fieldflow.data import load_dataset
@@ -331,7 +332,7 @@ def cmd_quickstart(args: argparse.Namespace) -> dict:
     out = Path(args.out_dir)
     data_dir, run_dir = out / "data", out / "run"
     t0 = time.perf_counter()
-    print(f"[1/4] generating {args.n_sims} lognormal {args.n}x{args.n} maps in {data_dir}")
+    print(f"[1/5] generating {args.n_sims} lognormal {args.n}x{args.n} maps in {data_dir}")
     cmd_generate(
         argparse.Namespace(
             out_dir=data_dir,
@@ -346,7 +347,7 @@ def cmd_quickstart(args: argparse.Namespace) -> dict:
         )
     )
 
-    print(f"[2/4] training TRENF for {args.steps} steps in {run_dir}")
+    print(f"[2/5] training TRENF for {args.steps} steps in {run_dir}")
     config = TrainConfig(
         steps=args.steps,
         batch_size=32,
@@ -372,7 +373,7 @@ def cmd_quickstart(args: argparse.Namespace) -> dict:
         f"{train['exact_test_nll_per_pixel']:.4f}; gap {train['gap_nats_per_pixel']:.4f}"
     )
 
-    print(f"[3/4] sampling mock fields at theta = (0.3, 0.8) in {out / 'samples'}")
+    print(f"[3/5] sampling mock fields at theta = (0.3, 0.8) in {out / 'samples'}")
     sample = cmd_sample(
         argparse.Namespace(
             run_dir=run_dir, out_dir=out / "samples", num=8, theta=[0.3, 0.8], seed=args.seed
@@ -383,7 +384,7 @@ def cmd_quickstart(args: argparse.Namespace) -> dict:
     test_maps, test_theta = load_dataset(data_dir, seed=args.seed)["test"]
     _save_npz(out / "test_maps.npz", maps=test_maps[:8], theta=test_theta[:8])
     print(
-        f"[4/4] posterior of (Omega_m, sigma_8) for a held-out map (truth {test_theta[0, 0]:.3f},"
+        f"[4/5] posterior of (Omega_m, sigma_8) for a held-out map (truth {test_theta[0, 0]:.3f},"
         f" {test_theta[0, 1]:.3f}) in {out / 'infer'}"
     )
     infer = cmd_infer(
@@ -397,6 +398,29 @@ def cmd_quickstart(args: argparse.Namespace) -> dict:
         )
     )
     _write_json(out / "infer" / "summary.json", infer)
+
+    print(f"[5/5] denoising that map (20% masked, S/N ~ 1): Wiener vs flow in {out / 'denoise'}")
+    from fieldflow.commands.denoise import main as denoise_main
+
+    denoise_main(
+        [
+            str(out / "test_maps.npz"),
+            "--out",
+            str(out / "denoise"),
+            "--index",
+            "0",
+            "--model",
+            str(run_dir),
+            "--prior",
+            "flow-latent",
+            "--box",
+            str(args.box),
+            "--noise-fraction",
+            "1.0",
+            "--steps",
+            "300",
+        ]
+    )
 
     figures = [
         run_dir / "loss.png",
