@@ -1,7 +1,8 @@
 """Shared settings of the example notebooks (imported by each).
 
 ``FIELDFLOW_TINY=1`` shrinks everything so that the test suite can execute the
-notebooks in seconds; ``FIELDFLOW_NB_OUT`` is where data, runs and figures go.
+notebooks in seconds; ``FIELDFLOW_NB_OUT`` is where data, runs and figures go
+(default ``notebook_out/`` next to the notebooks).
 """
 
 import os
@@ -22,6 +23,7 @@ STEPS = 30 if TINY else 3000
 GRID = 12 if TINY else 60
 DATA = OUT / f"lognormal_n{N}"
 RUN = OUT / f"trenf_n{N}"
+MODEL_KWARGS = {"n_layers": 5, "hidden": (64, 64)}  # 5 TRENF layers, conditioner MLP 2 x 64
 
 
 def lognormal_data():
@@ -33,14 +35,41 @@ def lognormal_data():
     return DATA
 
 
+def train_config():
+    """The training settings of the notebooks' run (Adam, warm-up, cosine decay)."""
+    from fieldflow.train import TrainConfig
+
+    return TrainConfig(steps=STEPS, learning_rate=3e-3, warmup_steps=min(100, STEPS // 5),
+                       eval_every=max(STEPS // 10, 1), patience=None)
+
+
 def trained_run():
     """A conditional TRENF trained on the lognormal data (trained once, then reused)."""
     from fieldflow.cli import train_run
-    from fieldflow.train import TrainConfig
 
     if not (RUN / "summary.json").exists():
-        config = TrainConfig(steps=STEPS, learning_rate=3e-3, warmup_steps=min(100, STEPS // 5),
-                             eval_every=max(STEPS // 10, 1), patience=None)
-        train_run(lognormal_data(), RUN, "trenf", {"n_layers": 5, "hidden": (64, 64)}, config,
+        train_run(lognormal_data(), RUN, "trenf", MODEL_KWARGS, train_config(),
                   progress=not TINY)
     return RUN
+
+
+def show(fig, name: str) -> Path:
+    """Save ``fig`` as OUT/name and, inside Jupyter, display the PNG.
+
+    fieldflow draws its figures with the Agg backend, so they are shown from the
+    saved file rather than by the inline backend; scripts just save them.
+    """
+    import matplotlib.pyplot as plt
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / name
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return path
+    if get_ipython() is not None:
+        display(Image(filename=str(path)))
+    return path

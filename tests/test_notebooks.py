@@ -32,6 +32,9 @@ def test_notebook_runs_on_tiny_settings(name, workdir):
     assert code_cells(nb) == code_cells(jupytext.read(NOTEBOOKS / f"{name}.py")), (
         f"{name}.ipynb and {name}.py differ: run `jupytext --sync notebooks/{name}.py`"
     )
+    assert not any(c.get("outputs") for c in nb.cells), (
+        f"{name}.ipynb is committed with outputs: clear them (`jupytext --to ipynb --update`)"
+    )
     script = workdir / f"{name}.py"
     script.write_text(jupytext.writes(nb, fmt="py:percent"))
     env = {**os.environ, "FIELDFLOW_TINY": "1", "FIELDFLOW_NB_OUT": str(workdir),
@@ -39,4 +42,5 @@ def test_notebook_runs_on_tiny_settings(name, workdir):
     proc = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOKS, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip(), "the notebook printed no summary"
     assert list(workdir.glob(f"{name[:2]}_*.png")), "the notebook saved no figure"
