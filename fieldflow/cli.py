@@ -566,11 +566,11 @@ def main(argv: list[str] | None = None) -> int:
 
         module = importlib.import_module(f"fieldflow.commands.{argv[0]}")
         try:
-            module.main(argv[1:])
+            result = module.main(argv[1:])
         except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:
             print(f"fieldflow: error: {err}", file=sys.stderr)
             return 2
-        return 0
+        return result if isinstance(result, int) else 0
     args = build_parser().parse_args(argv)
     out_dir = getattr(args, "out_dir", None) or getattr(args, "run_dir", None)
     try:
