@@ -426,6 +426,7 @@ def cmd_quickstart(args: argparse.Namespace) -> dict:
         run_dir / "loss.png",
         out / "samples" / "samples.png",
         out / "infer" / "posterior.png",
+        out / "denoise" / "denoise.png",
     ]
     result = {
         "command": "quickstart",

@@ -1052,6 +1052,7 @@ def plot_denoising(
         ax_r.plot(met["k"], met["r_k"], "o-", ms=3, label=name)
         ax_p.loglog(met["k"], np.maximum(met["residual_pk"], 1e-30), "o-", ms=3, label=name)
     ax_p.loglog(met["k"], met["truth_pk"], "k--", label="truth")
+    ax_p.xaxis.set_minor_formatter(plt.NullFormatter())  # no overlapping minor labels
     ax_r.set_xlabel(r"$k$ [$h$/Mpc]")
     ax_r.set_ylabel(r"$r(k)$")
     ax_r.axhline(1.0, color="k", lw=0.5)
