@@ -562,6 +562,21 @@ def _build_solver(fn, optimizer, learning_rate, parametrization, fit_theta, lo, 
     return solve
 
 
+def _start_field(init, d_b, m, v, signal_power_half) -> np.ndarray:
+    """Where a MAP starts: ``init`` (one map broadcasts over the batch), else the Wiener
+    filter when a signal power is given, else the masked data M d."""
+    if init is None:
+        if signal_power_half is not None:
+            return np.asarray(wiener_filter(d_b, m, v, signal_power_half).field)
+        return m * d_b
+    s0, _ = _as_batch(init, "init")
+    if s0.shape[0] == 1 and d_b.shape[0] > 1:
+        s0 = np.broadcast_to(s0, d_b.shape)
+    if s0.shape != d_b.shape:
+        raise ValueError(f"init must have the shape of d, got {s0.shape} vs {d_b.shape}")
+    return s0
+
+
 def flow_map(
     log_prior: Callable,
     d,
@@ -637,17 +652,7 @@ def flow_map(
         raise ValueError("need steps >= 0, gtol > 0 and patience >= 1")
     w = np.ascontiguousarray(np.broadcast_to(m / v, d_b.shape), dtype=np.float32)
 
-    if init is None:
-        if signal_power_half is not None:
-            s0 = np.asarray(wiener_filter(d_b, m, v, signal_power_half).field)
-        else:
-            s0 = m * d_b
-    else:
-        s0, _ = _as_batch(init, "init")
-        if s0.shape[0] == 1 and b > 1:
-            s0 = np.broadcast_to(s0, d_b.shape)
-        if s0.shape != d_b.shape:
-            raise ValueError(f"init must have the shape of d, got {s0.shape} vs {d_b.shape}")
+    s0 = _start_field(init, d_b, m, v, signal_power_half)
     if parametrization == "log1p":
         u0 = np.log1p(np.maximum(s0, -1.0 + 1e-3))
     else:
@@ -879,16 +884,7 @@ def flow_latent_map(
         raise ValueError("need steps >= 0, gtol > 0 and patience >= 1")
     inv, forward, state, cache = _latent_parts(model)
     w = np.ascontiguousarray(np.broadcast_to(m / v, d_b.shape), dtype=np.float32)
-    if init is not None:
-        s0, _ = _as_batch(init, "init")
-        if s0.shape[0] == 1 and b > 1:
-            s0 = np.broadcast_to(s0, d_b.shape)
-        if s0.shape != d_b.shape:
-            raise ValueError(f"init must have the shape of d, got {s0.shape} vs {d_b.shape}")
-    elif signal_power_half is not None:
-        s0 = np.asarray(wiener_filter(d_b, m, v, signal_power_half).field)
-    else:
-        s0 = m * d_b
+    s0 = _start_field(init, d_b, m, v, signal_power_half)
     if cond is not None:
         cond = np.asarray(cond, dtype=np.float32)
         if cond.ndim == 1:

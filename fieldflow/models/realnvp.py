@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fieldflow.layers import normalise_cond
 from fieldflow.models.base import FlowModel
 
 __all__ = [
@@ -450,11 +451,7 @@ class RealNVP(FlowModel):
 
     def _normalise_cond(self, cond):
         """theta (B, D) -> 2 (theta - low) / (high - low) - 1, in [-1, 1] on the trained range."""
-        if cond is None:
-            return None
-        low = jnp.asarray(self.cond_low, jnp.float32)
-        high = jnp.asarray(self.cond_high, jnp.float32)
-        return 2.0 * (cond - low) / (high - low) - 1.0
+        return None if cond is None else normalise_cond(cond, self.cond_low, self.cond_high)
 
     def _flow(self, h, c, i: int):
         """Scales i.. on h (B, H, W, C) -> (same-shape latent, log|det| (B,))."""
