@@ -108,14 +108,8 @@ def _bin_quantities(v, knots, edges):
     return tuple(out)
 
 
-def rq_forward(
-    x: jnp.ndarray, knots: tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """y = Psi(x) and log Psi'(x) for x (..., M) and knots each (..., K+1).
-
-    Identity (log-derivative 0) outside [x_0, x_K]. The input is clipped into the
-    interval before the spline arithmetic so no NaN can leak into gradients.
-    """
+def _rq_parts(x, knots):
+    """Bin quantities and intermediate terms of Psi at x, shared by the value and its JVP."""
     xk = knots[0]
     lo_b, hi_b = xk[..., :1], xk[..., -1:]
     inside = (x >= lo_b) & (x <= hi_b)
@@ -125,10 +119,73 @@ def rq_forward(
     xi = jnp.clip((xc - x0) / w, 0.0, 1.0)
     xi1 = xi * (1.0 - xi)
     denom = s + (d1 + d0 - 2.0 * s) * xi1
-    y = y0 + h * (s * xi * xi + d0 * xi1) / denom
+    frac = (s * xi * xi + d0 * xi1) / denom
     num = d1 * xi * xi + 2.0 * s * xi1 + d0 * (1.0 - xi) ** 2
-    logd = jnp.log(s * s * num / (denom * denom))
-    return jnp.where(inside, y, x), jnp.where(inside, logd, 0.0)
+    y = jnp.where(inside, y0 + h * frac, x)
+    logd = jnp.where(inside, jnp.log(s * s * num / (denom * denom)), 0.0)
+    return (y, logd), (inside, xc, xi, xi1, w, h, s, d0, d1, frac, num, denom)
+
+
+@jax.custom_jvp
+def rq_forward(
+    x: jnp.ndarray, knots: tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """y = Psi(x) and log Psi'(x) for x (..., M) and knots each (..., K+1).
+
+    Identity (log-derivative 0) outside [x_0, x_K]. The input is clipped into the
+    interval before the spline arithmetic so no NaN can leak into gradients. The
+    derivatives are written out by hand (see ``_rq_forward_jvp``); forward and
+    reverse mode both work.
+    """
+    return _rq_parts(x, knots)[0]
+
+
+@rq_forward.defjvp
+def _rq_forward_jvp(primals, tangents):
+    """Closed-form partials of y and log Psi' with respect to x and the bin's knots.
+
+    With P = s xi^2 + d_j xi(1 - xi), D the denominator and N the numerator of Psi':
+
+        dy/dxi = h s N / D^2,   dy/ds = h [xi^2 - (P/D)(1 - 2 xi(1 - xi))] / D,
+        d log Psi'/dxi = N_xi / N - 2 D_xi / D,   ...
+
+    chained through xi = (x - x_j)/w and s = h/w. Autodiff of the arithmetic in
+    ``_rq_parts`` gives the same numbers (tested), but its transpose makes a
+    training step about 1.4x slower on CPU: here the per-pixel partials are
+    computed once and the bin's knot tangents enter linearly through the step
+    sum of ``_bin_quantities``, whose transpose is one reduction per edge.
+    """
+    x, knots = primals
+    tx, tknots = tangents
+    (y, logd), parts = _rq_parts(x, knots)
+    inside, xc, xi, xi1, w, h, s, d0, d1, frac, num, denom = parts
+    inv_w, inv_d, inv_n = 1.0 / w, 1.0 / denom, 1.0 / num
+    one_m_2xi1 = 1.0 - 2.0 * xi1
+    dy_dxi = h * s * num * inv_d * inv_d
+    dy_ds = h * (xi * xi - frac * one_m_2xi1) * inv_d
+    dl_dxi = (
+        2.0 * (d1 * xi + s * (1.0 - 2.0 * xi) - d0 * (1.0 - xi)) * inv_n
+        - 2.0 * (d1 + d0 - 2.0 * s) * (1.0 - 2.0 * xi) * inv_d
+    )
+    dl_ds = 2.0 / s + 2.0 * xi1 * inv_n - 2.0 * one_m_2xi1 * inv_d
+    # tangents of (x_j, w, y_j, h, d_j, d_{j+1}) of each element's bin
+    t_x0, t_w, t_y0, t_h, t_d0, t_d1 = _bin_quantities(xc, tknots, knots[0])
+    t_xi = (tx - t_x0 - xi * t_w) * inv_w
+    t_s = (t_h - s * t_w) * inv_w
+    t_y = (
+        t_y0
+        + frac * t_h
+        + dy_dxi * t_xi
+        + dy_ds * t_s
+        + h * xi1 * inv_d * ((1.0 - frac) * t_d0 - frac * t_d1)
+    )
+    t_l = (
+        dl_dxi * t_xi
+        + dl_ds * t_s
+        + ((1.0 - xi) ** 2 * inv_n - 2.0 * xi1 * inv_d) * t_d0
+        + (xi * xi * inv_n - 2.0 * xi1 * inv_d) * t_d1
+    )
+    return (y, logd), (jnp.where(inside, t_y, tx), jnp.where(inside, t_l, 0.0))
 
 
 def rq_inverse(
