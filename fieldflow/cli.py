@@ -83,8 +83,11 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
         kw = {"n_layers": args.layers, "n_psi_bins": args.psi_bins, "hidden": tuple(args.hidden)}
         if args.t_knots:
             kw["n_t_knots"] = args.t_knots
-        return kw
-    return {"hidden_channels": args.channels}
+    else:
+        kw = {"hidden_channels": args.channels}
+    if args.log_offset is not None:
+        kw["log_offset"] = args.log_offset
+    return kw
 
 
 def train_run(
@@ -490,6 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-knots", type=int, default=0, help="TRENF kernel knots (0: N/2+1)")
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="TRENF MLP widths")
     p.add_argument("--channels", type=int, default=32, help="RealNVP conv channels")
+    p.add_argument(
+        "--log-offset",
+        type=float,
+        default=None,
+        metavar="C",
+        help="model log(1 + C + x) instead of x: for heavy-tailed maps such as N-body "
+        "(try 0.01); maps must be > -1 - C",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 

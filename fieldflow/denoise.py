@@ -562,6 +562,12 @@ def _build_solver(fn, optimizer, learning_rate, parametrization, fit_theta, lo, 
     return solve
 
 
+def _domain_floor(model) -> float | None:
+    """A field value just inside the domain x > -1 - c of a model with a log transform."""
+    c = getattr(model, "log_offset", None)
+    return None if c is None else -1.0 - c + 1e-2 * (1.0 + c)
+
+
 def _start_field(init, d_b, m, v, signal_power_half) -> np.ndarray:
     """Where a MAP starts: ``init`` (one map broadcasts over the batch), else the Wiener
     filter when a signal power is given, else the masked data M d."""
@@ -593,7 +599,7 @@ def flow_map(
     fit_theta: bool = False,
     theta_bounds=None,
     gtol_theta: float = 1e-4,
-    parametrization: str = "identity",
+    parametrization: str | None = None,
     patience: int = 25,
 ) -> MAPResult:
     """MAP field argmax_s [-1/2 (d - M s)^T N^-1 (d - M s) + log_prior(s, cond)].
@@ -631,7 +637,9 @@ def flow_map(
             gtol_theta (nats per pixel per unit of the logit t; the float32 floor is
             ~1e-5).
         parametrization: "identity" optimises s; "log1p" optimises u = log(1 + s),
-            keeping s > -1 (for the lognormal prior; the argmax is the same).
+            keeping s > -1 (for the lognormal prior; the argmax is the same). Default:
+            "log1p" for a flow with a log transform (``log_offset``), whose density
+            vanishes below -1 - c, else "identity".
         patience: stop after this many steps without a decrease of the objective
             (a stalled line search at the float32 floor).
 
@@ -646,6 +654,9 @@ def flow_map(
         raise ValueError("log_prior must be a callable log_prior(s, cond) -> (B,)")
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
+    if parametrization is None:
+        owner = getattr(log_prior, "__self__", None)
+        parametrization = "identity" if _domain_floor(owner) is None else "log1p"
     if parametrization not in ("identity", "log1p"):
         raise ValueError(f"parametrization must be 'identity' or 'log1p', got {parametrization!r}")
     if int(steps) < 0 or not gtol > 0 or int(patience) < 1:
@@ -864,7 +875,8 @@ def flow_latent_map(
         d, mask, noise_var: the data, as in :func:`wiener_filter`.
         cond: conditions theta (B, P) or (P,) for a conditional flow, else None.
         init: starting field; default the Wiener filter when ``signal_power_half`` is
-            given, else M d. The optimisation starts from z = f(init).
+            given, else M d. The optimisation starts from z = f(init), with init raised
+            into the support x > -1 - c of a flow with a log transform.
         signal_power_half: S_k for the Wiener-filter start.
         steps: most L-BFGS steps (the B maps are optimised jointly in one jitted loop).
         gtol: stop when every map has ||d objective / d z|| <= gtol ||M^T N^-1 d||.
@@ -885,6 +897,9 @@ def flow_latent_map(
     inv, forward, state, cache = _latent_parts(model)
     w = np.ascontiguousarray(np.broadcast_to(m / v, d_b.shape), dtype=np.float32)
     s0 = _start_field(init, d_b, m, v, signal_power_half)
+    floor = _domain_floor(model)
+    if floor is not None:  # a Wiener start can dip below the flow's support
+        s0 = np.maximum(s0, floor)
     if cond is not None:
         cond = np.asarray(cond, dtype=np.float32)
         if cond.ndim == 1:

@@ -573,12 +573,17 @@ def flow_posterior(
 ) -> GridPosterior | list[GridPosterior]:
     """Posterior of (Omega_m, sigma_8) under a trained conditional flow.
 
-    ``maps`` (N, N) or (M, N, N) must match the model's size (ValueError otherwise, and for
-    NaN). A grid reaching outside the model's trained range warns and is clipped to it
+    ``maps`` (N, N) or (M, N, N) must match the model's size (ValueError otherwise, for
+    NaN, and for values outside the support x > -1 - c of a model with a log transform).
+    A grid reaching outside the model's trained range warns and is clipped to it
     (the returned posterior carries the clipped grid). With ``per_map`` one posterior per
     map is returned, otherwise the joint posterior of the independent maps.
     """
     low, high = _model_range(model)
+    if getattr(model, "log_offset", None) is not None:
+        from fieldflow.validation import check_above
+
+        check_above(np.asarray(maps), -1.0 - model.log_offset, "maps", "the model's log transform")
     grid = theta_grid(om_range=low, s8_range=high) if grid is None else grid
     grid = clip_grid(grid, low, high)
     ll = grid_log_likelihood(

@@ -178,9 +178,19 @@ def nll_per_pixel(model: nnx.Module, maps, theta=None, batch_size: int = 64) -> 
 
 
 def model_for_data(model_type: str, maps: np.ndarray, seed: int = 0, **kwargs) -> nnx.Module:
-    """A fresh model sized for ``maps`` (M, N, N), standardised by their mean and std."""
+    """A fresh model sized for ``maps`` (M, N, N), standardised by their mean and std
+    (of log(1 + c + maps) when the model takes a ``log_offset`` c)."""
     from fieldflow.models import build_model
 
+    log_offset = kwargs.get("log_offset")
+    if log_offset is not None:
+        low = float(np.min(maps))
+        if not low > -1.0 - log_offset:
+            raise ValueError(
+                f"log_offset {log_offset:g} needs maps > {-1.0 - log_offset:g}; their minimum "
+                f"is {low:g}: use a larger offset"
+            )
+        maps = np.log(np.asarray(maps, np.float64) + (1.0 + log_offset))
     shift, scale = data_statistics(maps)
     config = {"shape": tuple(maps.shape[1:]), "data_shift": shift, "data_scale": scale, **kwargs}
     return build_model(model_type, config, nnx.Rngs(seed))

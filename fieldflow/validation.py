@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_fields", "check_cond", "check_cond_range", "is_concrete"]
+__all__ = ["check_fields", "check_cond", "check_cond_range", "check_above", "is_concrete"]
 
 
 def is_concrete(x) -> bool:
@@ -46,6 +46,14 @@ def check_fields(x, shape: Sequence[int], name: str = "x") -> jnp.ndarray:
     x = jnp.asarray(x, dtype=jnp.float32)
     _check_finite(x, name)
     return x
+
+
+def check_above(x, bound: float, name: str, why: str) -> None:
+    """Refuse a concrete array with a value <= ``bound`` (the domain of a transform)."""
+    if is_concrete(x):
+        low = float(np.min(np.asarray(x)))
+        if not low > bound:
+            raise ValueError(f"{name} must be > {bound:g} for {why}, got a minimum of {low:g}")
 
 
 def check_cond(cond, batch: int, cond_dim: int, name: str = "cond") -> jnp.ndarray | None:

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _held_out_sims(
+def held_out_sims(
     cfg: dict, splits: dict, theta: np.ndarray, num: int, seed: int, batch: int = 64
 ):
     """``num`` simulations at theta never used in training: the data set's fiducial/ maps
@@ -79,7 +79,7 @@ def _held_out_sims(
     return np.concatenate(maps)[:num], "; ".join(parts)
 
 
-def _theory_check(cfg: dict, theta: np.ndarray, stats: dict) -> dict | None:
+def theory_check(cfg: dict, theta: np.ndarray, stats: dict) -> dict | None:
     """Samples' and simulations' mean P(k) over the exact expected spectrum (GRF, lognormal)."""
     if cfg["simulator"] not in ("grf", "lognormal"):
         return None
@@ -123,10 +123,10 @@ def main(argv=None) -> dict:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    sims, source = _held_out_sims(cfg, splits, theta, args.num, args.seed)
+    sims, source = held_out_sims(cfg, splits, theta, args.num, args.seed)
     samples = ev.sample_maps(model, theta, len(sims), jax.random.key(args.seed))
     stats = ev.sample_quality(samples, sims, box)
-    theory = _theory_check(cfg, theta, stats)
+    theory = theory_check(cfg, theta, stats)
     figs = {
         "maps.png": ev.plot_maps_side_by_side(sims, samples, n=4),
         "power_spectrum.png": ev.plot_power_spectra(stats),

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fieldflow.validation import check_cond, check_cond_range, check_fields
+from fieldflow.validation import check_above, check_cond, check_cond_range, check_fields
 
 __all__ = ["FlowModel", "standard_normal_logpdf", "call_jitted"]
 
@@ -52,10 +52,12 @@ class FlowModel(nnx.Module):
     cond_high: tuple[float, ...]
 
     def _set_data_and_conditions(
-        self, shape, cond_dim, cond_low, cond_high, data_shift, data_scale
+        self, shape, cond_dim, cond_low, cond_high, data_shift, data_scale, log_offset=None
     ) -> None:
         """Validate and store what every model has: the map shape, the conditions and
-        their trained range, and the fixed standardisation u = (x - shift) / scale."""
+        their trained range, and the fixed standardisation u = (g(x) - shift) / scale with
+        g(x) = x, or g(x) = log(1 + c + x) when ``log_offset`` c is given (see
+        :meth:`_standardise`)."""
         shape = tuple(int(s) for s in shape)
         if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 2:
             raise ValueError(f"shape must be (N, N) with N >= 2, got {shape}")
@@ -69,8 +71,30 @@ class FlowModel(nnx.Module):
         self.cond_dim = int(cond_dim)
         self.cond_low = tuple(float(v) for v in cond_low[:cond_dim])
         self.cond_high = tuple(float(v) for v in cond_high[:cond_dim])
+        if log_offset is not None and not (np.isfinite(log_offset) and log_offset >= 0):
+            raise ValueError(f"log_offset must be None or a finite number >= 0, got {log_offset}")
         self.data_shift = float(data_shift)
         self.data_scale = float(data_scale)
+        self.log_offset = None if log_offset is None else float(log_offset)
+
+    def _standardise(self, x) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """u = (g(x) - shift) / scale and log|det du/dx| (B,), pixel by pixel.
+
+        g(x) = x, or with a log offset c, g(x) = log(1 + c + x): density contrasts
+        x > -1 - c become a field with light tails (the lognormal map, for c = 0, is
+        then Gaussian), and log|det| gains -sum_pixels log(1 + c + x).
+        """
+        n_pix = self.shape[0] * self.shape[1]
+        logdet = jnp.full(x.shape[:1], -n_pix * np.log(self.data_scale), dtype=jnp.float32)
+        if self.log_offset is not None:
+            x = jnp.log(x + (1.0 + self.log_offset))
+            logdet = logdet - jnp.sum(x, axis=(-2, -1))
+        return (x - self.data_shift) / self.data_scale, logdet
+
+    def _destandardise(self, u) -> jnp.ndarray:
+        """x from u: the inverse of :meth:`_standardise`."""
+        g = u * self.data_scale + self.data_shift
+        return g if self.log_offset is None else jnp.exp(g) - (1.0 + self.log_offset)
 
     def _forward(self, x, cond):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -80,6 +104,8 @@ class FlowModel(nnx.Module):
 
     def _check(self, x, cond, name: str):
         x = check_fields(x, self.shape, name)
+        if name == "x" and self.log_offset is not None:
+            check_above(x, -1.0 - self.log_offset, name, "this model's log transform")
         cond = check_cond(cond, x.shape[0], self.cond_dim)
         if cond is not None:
             check_cond_range(cond, self.cond_low, self.cond_high)

@@ -368,6 +368,8 @@ class RealNVP(FlowModel):
             conditions outside it are refused.
         data_shift, data_scale: fixed standardisation u = (x - shift) / scale, whose
             log-determinant -N^2 log(scale) is included so log p is the density of x.
+        log_offset: None, or c >= 0 to standardise log(1 + c + x) instead of x (for
+            density contrasts with heavy tails; maps must then be > -1 - c).
         max_log_scale: soft bound s_max on the coupling log-scales, |s| < s_max.
         init_noise: approximate std of the coupling outputs s, t at initialisation
             (small: the model starts near, not at, the identity).
@@ -389,11 +391,14 @@ class RealNVP(FlowModel):
         cond_high: Sequence[float] = (0.5, 1.1),
         data_shift: float = 0.0,
         data_scale: float = 1.0,
+        log_offset: float | None = None,
         max_log_scale: float = 3.0,
         init_noise: float = 1e-2,
         rngs: nnx.Rngs,
     ):
-        self._set_data_and_conditions(shape, cond_dim, cond_low, cond_high, data_shift, data_scale)
+        self._set_data_and_conditions(
+            shape, cond_dim, cond_low, cond_high, data_shift, data_scale, log_offset
+        )
         n = self.shape[0]
         if n_scales < 1:
             raise ValueError(f"n_scales must be >= 1, got {n_scales}")
@@ -422,6 +427,7 @@ class RealNVP(FlowModel):
             "cond_high": list(self.cond_high),
             "data_shift": self.data_shift,
             "data_scale": self.data_scale,
+            "log_offset": self.log_offset,
             "max_log_scale": float(max_log_scale),
             "init_noise": float(init_noise),
         }
@@ -471,11 +477,10 @@ class RealNVP(FlowModel):
         return self.scales[i].inverse(h, c)
 
     def _forward(self, x, cond):
-        n_pix = self.shape[0] * self.shape[1]
-        u = (x - self.data_shift) / self.data_scale
-        z, logdet = self._flow(u[..., None], self._normalise_cond(cond), 0)
-        return z[..., 0], logdet - n_pix * np.log(self.data_scale)
+        u, logdet = self._standardise(x)
+        z, logdet_flow = self._flow(u[..., None], self._normalise_cond(cond), 0)
+        return z[..., 0], logdet + logdet_flow
 
     def _inverse(self, z, cond):
         u = self._flow_inverse(z[..., None], self._normalise_cond(cond), 0)[..., 0]
-        return u * self.data_scale + self.data_shift
+        return self._destandardise(u)

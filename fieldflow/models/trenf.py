@@ -1,9 +1,9 @@
 """TRENF: the translation and rotation equivariant normalizing flow (Dai & Seljak 2022).
 
-    z = f_L o ... o f_1 (u),   u = (x - shift) / scale,
+    z = f_L o ... o f_1 (u),   u = (g(x) - shift) / scale,  g(x) = x or log(1 + c + x),
     f_i(u) = Psi_i(F^-1[T_i(|k|) F u]),
     log p(x | theta) = log N(z; 0, I) + sum_i [sum_k log T_i(|k|) + sum_pixels log Psi_i']
-                       - N^2 log(scale).
+                       - N^2 log(scale) [- sum_pixels log(1 + c + x)].
 
 T_i is a positive radial kernel, Psi_i a monotone rational-quadratic spline;
 both commute with periodic shifts and the 8 symmetries of the square lattice,
@@ -51,6 +51,9 @@ class TRENF(FlowModel):
             conditions outside it are refused.
         data_shift, data_scale: fixed standardisation u = (x - shift) / scale, whose
             log-determinant is included so log p is the density of x itself.
+        log_offset: None, or c >= 0 to standardise log(1 + c + x) instead of x (for
+            density contrasts with heavy tails, such as N-body maps; maps must then be
+            > -1 - c). Exact: its log-determinant is included too.
         radial: False replaces |k| by an anisotropic radius (a control model that is
             not rotation invariant; for tests only).
         rngs: flax random streams.
@@ -72,11 +75,14 @@ class TRENF(FlowModel):
         cond_high: Sequence[float] = (0.5, 1.1),
         data_shift: float = 0.0,
         data_scale: float = 1.0,
+        log_offset: float | None = None,
         radial: bool = True,
         init_noise: float = 1e-2,
         rngs: nnx.Rngs,
     ):
-        self._set_data_and_conditions(shape, cond_dim, cond_low, cond_high, data_shift, data_scale)
+        self._set_data_and_conditions(
+            shape, cond_dim, cond_low, cond_high, data_shift, data_scale, log_offset
+        )
         n = self.shape[0]
         n_t_knots = n // 2 + 1 if n_t_knots is None else int(n_t_knots)
         if n_layers < 1:
@@ -121,6 +127,7 @@ class TRENF(FlowModel):
             "cond_high": list(self.cond_high),
             "data_shift": self.data_shift,
             "data_scale": self.data_scale,
+            "log_offset": self.log_offset,
             "radial": self.radial,
             "init_noise": self.init_noise,
         }
@@ -136,9 +143,7 @@ class TRENF(FlowModel):
 
     def _forward(self, x, cond):
         grid, nt, bound = self._grid, self.n_t_knots, self.psi_bound
-        n_pix = self.shape[0] * self.shape[1]
-        u = (x - self.data_shift) / self.data_scale
-        logdet = jnp.full((x.shape[0],), -n_pix * np.log(self.data_scale), dtype=jnp.float32)
+        u, logdet = self._standardise(x)
 
         def layer(carry, params):
             u, logdet = carry
@@ -159,4 +164,4 @@ class TRENF(FlowModel):
             return fourier_conv_inverse(u, params[:, :nt], grid), None
 
         u, _ = jax.lax.scan(layer, z, self._layer_params(cond, z.shape[0]), reverse=True)
-        return u * self.data_scale + self.data_shift
+        return self._destandardise(u)
