@@ -24,18 +24,31 @@ from fieldflow import TRENF
 from fieldflow.train import TrainConfig, make_optimizer, make_train_step
 
 
-def timeit(fn, *args, repeats: int = 10, min_time: float = 0.5) -> float:
-    """Median wall time of ``fn(*args)`` after compilation, in seconds."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    t_start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - t_start < min_time:
-        t0 = time.perf_counter()
+def timeit(calls: dict, repeats: int = 10, min_time: float = 0.5, burst: int = 5) -> dict:
+    """Median wall time in seconds of each ``fn(*args)`` in ``calls = {name: (fn, args)}``.
+
+    Each is compiled and run once first; then the calls are timed in interleaved rounds,
+    ``burst`` back-to-back calls of each per round (the first, with caches still holding
+    the previous function's data, is dropped), for at least ``repeats`` rounds and
+    ``min_time`` seconds. A drift in the machine's speed (other load, clock changes)
+    then affects all of them alike, and their ratios stay meaningful.
+    """
+    for fn, args in calls.values():
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
+    times = {name: [] for name in calls}
+    t_start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or time.perf_counter() - t_start < min_time:
+        for name, (fn, args) in calls.items():
+            for i in range(burst):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+        rounds += 1
+        if rounds >= 100:
             break
-    return statistics.median(times)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_size(n: int, batch: int, n_layers: int, hidden: tuple[int, ...], repeats: int) -> dict:
@@ -52,10 +65,16 @@ def bench_size(n: int, batch: int, n_layers: int, hidden: tuple[int, ...], repea
     train_step = make_train_step(graphdef, rest, optimizer)
     opt_state = optimizer.init(params)
 
-    t_fft = timeit(fft_pair, x, repeats=repeats)
-    t_lp = timeit(log_prob, params, x, cond, repeats=repeats)
-    t_sample = timeit(sample, params, key, cond, repeats=repeats)
-    t_train = timeit(train_step, params, opt_state, x, cond, key, repeats=repeats)
+    t = timeit(
+        {
+            "fft": (fft_pair, (x,)),
+            "log_prob": (log_prob, (params, x, cond)),
+            "sample": (sample, (params, key, cond)),
+            "train": (train_step, (params, opt_state, x, cond, key)),
+        },
+        repeats=repeats,
+    )
+    t_fft, t_lp, t_sample, t_train = t["fft"], t["log_prob"], t["sample"], t["train"]
     stats = jax.devices()[0].memory_stats() or {}
     return {
         "peak_device_memory_mb": stats.get("peak_bytes_in_use", 0) / 2**20 or None,
