@@ -261,8 +261,9 @@ def test_map_with_gaussian_prior_is_the_wiener_filter():
     assert np.all(res.converged) and res.stopped == "gtol" and 0 < res.iterations < 200
     assert np.all(res.grad_norm <= 1e-4)
     assert rel(res.field, wf.field) < 5e-4
-    # below the float32 floor (~3e-5 here) the line search stalls, and says so
-    tight = dn.flow_map(lp, d, mask, noise_var, init=mask * d, gtol=1e-7)
+    # below the float32 floor (1e-7 to 3e-5 here, depending on the CPU's rounding path)
+    # the line search stalls, and says so
+    tight = dn.flow_map(lp, d, mask, noise_var, init=mask * d, gtol=1e-9)
     assert tight.stopped == "stalled" and not np.any(tight.converged)
     assert rel(tight.field, wf.field) < 1e-4
     # objective = log-likelihood + log-prior, in nats
