@@ -580,10 +580,8 @@ def flow_posterior(
     map is returned, otherwise the joint posterior of the independent maps.
     """
     low, high = _model_range(model)
-    if getattr(model, "log_offset", None) is not None:
-        from fieldflow.validation import check_above
-
-        check_above(np.asarray(maps), -1.0 - model.log_offset, "maps", "the model's log transform")
+    if hasattr(model, "check_support"):
+        model.check_support(np.asarray(maps), "maps")
     grid = theta_grid(om_range=low, s8_range=high) if grid is None else grid
     grid = clip_grid(grid, low, high)
     ll = grid_log_likelihood(

@@ -184,12 +184,9 @@ def model_for_data(model_type: str, maps: np.ndarray, seed: int = 0, **kwargs) -
 
     log_offset = kwargs.get("log_offset")
     if log_offset is not None:
-        low = float(np.min(maps))
-        if not low > -1.0 - log_offset:
-            raise ValueError(
-                f"log_offset {log_offset:g} needs maps > {-1.0 - log_offset:g}; their minimum "
-                f"is {low:g}: use a larger offset"
-            )
+        from fieldflow.validation import check_above
+
+        check_above(maps, -1.0 - log_offset, "maps", f"log_offset {log_offset:g}: use a larger one")
         maps = np.log(np.asarray(maps, np.float64) + (1.0 + log_offset))
     shift, scale = data_statistics(maps)
     config = {"shape": tuple(maps.shape[1:]), "data_shift": shift, "data_scale": scale, **kwargs}

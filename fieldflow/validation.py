@@ -53,7 +53,7 @@ def check_above(x, bound: float, name: str, why: str) -> None:
     if is_concrete(x):
         low = float(np.min(np.asarray(x)))
         if not low > bound:
-            raise ValueError(f"{name} must be > {bound:g} for {why}, got a minimum of {low:g}")
+            raise ValueError(f"{name} must be > {bound:g} ({why}); its minimum is {low:g}")
 
 
 def check_cond(cond, batch: int, cond_dim: int, name: str = "cond") -> jnp.ndarray | None:

@@ -224,11 +224,15 @@ def test_log_offset_refuses_maps_outside_its_domain(conds):
     x = contrasts(8).at[0, 2, 3].set(-1.5)
     with pytest.raises(ValueError, match="log transform"):
         model.log_prob(x, conds)
+    from fieldflow import inference as inf
+
+    with pytest.raises(ValueError, match="log transform"):
+        inf.flow_posterior(model, np.asarray(x[0]), inf.theta_grid(4, 4))
     with pytest.raises(ValueError, match="log_offset"):
         make_model(8, log_offset=-0.5)
     from fieldflow.train import model_for_data
 
-    with pytest.raises(ValueError, match="larger offset"):
+    with pytest.raises(ValueError, match="use a larger one"):
         model_for_data("trenf", np.asarray(x), log_offset=0.01)
     fresh = model_for_data("trenf", np.asarray(contrasts(8, batch=16)), log_offset=0.01)
     assert fresh.config["log_offset"] == 0.01

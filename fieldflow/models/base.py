@@ -102,10 +102,15 @@ class FlowModel(nnx.Module):
     def _inverse(self, z, cond):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def check_support(self, x, name: str = "x") -> None:
+        """Refuse maps outside the model's support x > -1 - c (with a log transform)."""
+        if self.log_offset is not None:
+            check_above(x, -1.0 - self.log_offset, name, "the model's log transform")
+
     def _check(self, x, cond, name: str):
         x = check_fields(x, self.shape, name)
-        if name == "x" and self.log_offset is not None:
-            check_above(x, -1.0 - self.log_offset, name, "this model's log transform")
+        if name == "x":
+            self.check_support(x, name)
         cond = check_cond(cond, x.shape[0], self.cond_dim)
         if cond is not None:
             check_cond_range(cond, self.cond_low, self.cond_high)
