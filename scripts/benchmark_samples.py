@@ -65,15 +65,9 @@ def main(argv=None) -> dict:
     import jax
 
     from fieldflow import evaluation as ev
-    from fieldflow.checkpoint import load
-    from fieldflow.commands.evaluate import held_out_sims, theory_check
-    from fieldflow.data import load_dataset, load_manifest
+    from fieldflow.commands.evaluate import held_out_sims, load_run_and_data, theory_check
 
-    cfg = load_manifest(args.data_dir)
-    model = load(args.run_dir)
-    if tuple(model.shape) != (cfg["n"], cfg["n"]):
-        raise SystemExit(f"the model is for {model.shape} maps, the data set has n = {cfg['n']}")
-    splits = load_dataset(args.data_dir, seed=args.seed)
+    cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir, args.seed)
     thetas = [("given", tuple(t)) for t in args.theta] if args.theta else default_thetas()
     rows = []
     for i, (kind, theta) in enumerate(thetas):

@@ -52,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_run_and_data(run_dir, data_dir, seed: int = 0) -> tuple[dict, object, dict]:
+    """(manifest, model, splits) of a trained run and a data set of the same map size."""
+    from fieldflow.checkpoint import load
+    from fieldflow.data import load_dataset, load_manifest
+
+    cfg = load_manifest(data_dir)
+    model = load(run_dir)
+    if tuple(model.shape) != (cfg["n"], cfg["n"]):
+        raise SystemExit(f"the model is for {model.shape} maps, the data set has n = {cfg['n']}")
+    return cfg, model, load_dataset(data_dir, seed=seed)
+
+
 def held_out_sims(
     cfg: dict, splits: dict, theta: np.ndarray, num: int, seed: int, batch: int = 64
 ):
@@ -110,16 +122,10 @@ def main(argv=None) -> dict:
     import data_gen
     from fieldflow import evaluation as ev
     from fieldflow import inference as inf
-    from fieldflow.checkpoint import load
-    from fieldflow.data import load_dataset, load_manifest
 
-    cfg = load_manifest(args.data_dir)
-    model = load(args.run_dir)
-    if tuple(model.shape) != (cfg["n"], cfg["n"]):
-        raise SystemExit(f"the model is for {model.shape} maps, the data set has n = {cfg['n']}")
+    cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir, args.seed)
     box, slab = float(cfg["box"]), cfg.get("slab")
     theta = np.asarray(args.theta if args.theta else data_gen.FIDUCIAL_THETA, np.float64)
-    splits = load_dataset(args.data_dir, seed=args.seed)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
