@@ -21,13 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-fiducial", type=int, default=0, help="simulations at the fiducial theta")
     p.add_argument("--n", type=int, default=DEFAULT_N, help="map pixels per side")
     p.add_argument("--box", type=float, default=DEFAULT_BOX, help="box side in h^-1 Mpc")
-    p.add_argument("--slab", type=float, default=None,
-                   help="slab thickness (grf/lognormal; default box/4)")
+    p.add_argument(
+        "--slab", type=float, default=None, help="slab thickness (grf/lognormal; default box/4)"
+    )
     p.add_argument("--nonlinear", action="store_true", help="halofit P(k) (grf/lognormal)")
     p.add_argument("--shard-size", type=int, default=64, help="simulations per shard")
     p.add_argument("--seed", type=int, default=0, help="base seed")
     p.add_argument("--design", choices=("sobol", "lhs"), default="sobol")
-    p.add_argument("--n-mesh", type=int, default=None, help="nbody: particles/mesh per side")
+    p.add_argument(
+        "--n-mesh", type=int, default=None, help="nbody: particles/mesh per side (default 2 n)"
+    )
     p.add_argument("--n-steps", type=int, default=10, help="nbody: KDK steps")
     p.add_argument("--a-init", type=float, default=0.1, help="nbody: 2LPT scale factor")
     p.add_argument("--n-slabs", type=int, default=4, help="nbody: slabs per simulation")
@@ -37,8 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    kw = dict(n=a.n, box=a.box, shard_size=a.shard_size, seed=a.seed, design=a.design,
-              n_fiducial=a.n_fiducial)
+    kw = dict(
+        n=a.n,
+        box=a.box,
+        shard_size=a.shard_size,
+        seed=a.seed,
+        design=a.design,
+        n_fiducial=a.n_fiducial,
+    )
     if a.simulator == "nbody":
         kw.update(n_mesh=a.n_mesh, n_steps=a.n_steps, a_init=a.a_init, n_slabs=a.n_slabs)
     else:

@@ -75,15 +75,11 @@ def check_theta(theta, name: str = "theta") -> np.ndarray:
         )
     if not np.all(np.isfinite(t)):
         raise ValueError(f"{name} contains NaN or inf values")
-    for j, (label, (lo, hi)) in enumerate(
-        (("Omega_m", OMEGA_M_RANGE), ("sigma8", SIGMA8_RANGE))
-    ):
+    for j, (label, (lo, hi)) in enumerate((("Omega_m", OMEGA_M_RANGE), ("sigma8", SIGMA8_RANGE))):
         bad = (t[:, j] < lo - _RANGE_TOL) | (t[:, j] > hi + _RANGE_TOL)
         if np.any(bad):
             v = t[bad, j][0]
-            raise ValueError(
-                f"{name}: {label} = {v:g} is outside the supported range [{lo}, {hi}]"
-            )
+            raise ValueError(f"{name}: {label} = {v:g} is outside the supported range [{lo}, {hi}]")
     return t.astype(np.float32)
 
 

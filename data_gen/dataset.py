@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from data_gen.cosmology import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE, check_grid
-from data_gen.power import DEFAULT_BOX, DEFAULT_N, _resolve_slab
+from data_gen.power import DEFAULT_BOX, DEFAULT_N, resolve_slab
 
 __all__ = [
     "SIMULATORS",
@@ -73,8 +73,12 @@ def make_config(
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator must be one of {SIMULATORS}, got {simulator!r}")
     n, box = check_grid(n, box)
-    for name, v, lo in (("n_sims", n_sims, 1), ("shard_size", shard_size, 1),
-                        ("n_fiducial", n_fiducial, 0), ("seed", seed, 0)):
+    for name, v, lo in (
+        ("n_sims", n_sims, 1),
+        ("shard_size", shard_size, 1),
+        ("n_fiducial", n_fiducial, 0),
+        ("seed", seed, 0),
+    ):
         if isinstance(v, bool) or int(v) != v or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     if design not in ("sobol", "lhs"):
@@ -95,15 +99,24 @@ def make_config(
         "sigma8_range": list(SIGMA8_RANGE),
     }
     if simulator == "nbody":
-        from data_gen.nbody import _check_nbody_args
+        from data_gen.nbody import _check_nbody_args, default_mesh, particles_per_pixel
 
-        n_mesh = n if n_mesh is None else n_mesh
+        n_mesh = default_mesh(n) if n_mesh is None else n_mesh
         n_mesh, box, n_steps, a_init, n_slabs, _, _ = _check_nbody_args(
-            n_mesh, box, n_steps, a_init, n_slabs, n, 2)
-        cfg.update(slab=box / n_slabs, n_mesh=n_mesh, n_steps=n_steps, a_init=a_init,
-                   n_slabs=n_slabs, lpt_order=2, maps_per_sim=n_slabs)
+            n_mesh, box, n_steps, a_init, n_slabs, n, 2
+        )
+        cfg.update(
+            slab=box / n_slabs,
+            n_mesh=n_mesh,
+            n_steps=n_steps,
+            a_init=a_init,
+            n_slabs=n_slabs,
+            lpt_order=2,
+            maps_per_sim=n_slabs,
+            particles_per_pixel=particles_per_pixel(n, n_mesh, n_slabs),
+        )
     else:
-        cfg.update(slab=_resolve_slab(box, slab), nonlinear=bool(nonlinear), maps_per_sim=1)
+        cfg.update(slab=resolve_slab(box, slab), nonlinear=bool(nonlinear), maps_per_sim=1)
     return cfg
 
 
@@ -125,8 +138,12 @@ def design_theta(n_sims: int, seed: int = 0, design: str = "sobol") -> np.ndarra
 def sim_seeds(base_seed: int, set_index: int, start: int, stop: int) -> np.ndarray:
     """uint32 seeds of simulations start..stop-1 of a set (0 design, 1 fiducial)."""
     return np.array(
-        [np.random.SeedSequence([base_seed, set_index, i]).generate_state(1)[0]
-         for i in range(start, stop)], dtype=np.uint32)
+        [
+            np.random.SeedSequence([base_seed, set_index, i]).generate_state(1)[0]
+            for i in range(start, stop)
+        ],
+        dtype=np.uint32,
+    )
 
 
 def simulate(cfg: dict, seeds: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -145,8 +162,17 @@ def simulate(cfg: dict, seeds: np.ndarray, theta: np.ndarray) -> np.ndarray:
     else:
         from data_gen.nbody import _nbody_keys
 
-        out = _nbody_keys(keys, theta, cfg["n_mesh"], cfg["box"], cfg["n_steps"],
-                          cfg["a_init"], cfg["n_slabs"], cfg["n"], cfg["lpt_order"])
+        out = _nbody_keys(
+            keys,
+            theta,
+            cfg["n_mesh"],
+            cfg["box"],
+            cfg["n_steps"],
+            cfg["a_init"],
+            cfg["n_slabs"],
+            cfg["n"],
+            cfg["lpt_order"],
+        )
     return np.asarray(out, np.float32).reshape(-1, cfg["n"], cfg["n"])
 
 
@@ -177,14 +203,22 @@ def read_shard(path: Path, n: int | None = None) -> dict[str, np.ndarray]:
     if missing:
         raise ValueError(f"corrupt shard {path}: missing arrays {missing}")
     m = data["maps"]
-    ok = (m.ndim == 3 and m.shape[1] == m.shape[2] and data["theta"].shape == (len(m), 2)
-          and data["sim_id"].shape == (len(m),) and data["seed"].shape == (len(m),)
-          and (n is None or m.shape[1] == n))
+    ok = (
+        m.ndim == 3
+        and m.shape[1] == m.shape[2]
+        and data["theta"].shape == (len(m), 2)
+        and data["sim_id"].shape == (len(m),)
+        and data["seed"].shape == (len(m),)
+        and (n is None or m.shape[1] == n)
+    )
     if not ok:
         raise ValueError(f"corrupt shard {path}: inconsistent array shapes")
     if not np.all(np.isfinite(m)):
         raise ValueError(f"corrupt shard {path}: maps contain NaN or inf")
     return data
+
+
+DERIVED_KEYS = ("particles_per_pixel",)
 
 
 def _check_manifest(directory: Path, cfg: dict) -> None:
@@ -194,13 +228,18 @@ def _check_manifest(directory: Path, cfg: dict) -> None:
             old = json.loads(man.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"{man} is corrupt: {err}") from None
-        diff = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+        # derived entries (recorded for the reader) follow from the others: manifests written
+        # before they existed still match
+        keys = (set(old) | set(cfg)) - set(DERIVED_KEYS)
+        diff = sorted(k for k in keys if old.get(k) != cfg.get(k))
         if diff:
-            detail = ", ".join(f"{k}: {old.get(k)!r} on disk vs {cfg.get(k)!r} requested"
-                               for k in diff)
+            detail = ", ".join(
+                f"{k}: {old.get(k)!r} on disk vs {cfg.get(k)!r} requested" for k in diff
+            )
             raise ValueError(
                 f"{directory} holds a data set with another configuration ({detail}); "
-                "use a new directory")
+                "use a new directory"
+            )
         return
     directory.mkdir(parents=True, exist_ok=True)
     tmp = man.with_name("manifest.json.tmp")
@@ -208,8 +247,15 @@ def _check_manifest(directory: Path, cfg: dict) -> None:
     os.replace(tmp, man)
 
 
-def _generate_set(directory: Path, cfg: dict, thetas: np.ndarray, set_index: int,
-                  progress: bool, desc: str, on_shard: Callable[[int], None] | None) -> None:
+def _generate_set(
+    directory: Path,
+    cfg: dict,
+    thetas: np.ndarray,
+    set_index: int,
+    progress: bool,
+    desc: str,
+    on_shard: Callable[[int], None] | None,
+) -> None:
     from tqdm.auto import tqdm
 
     _check_manifest(directory, cfg)
@@ -222,8 +268,13 @@ def _generate_set(directory: Path, cfg: dict, thetas: np.ndarray, set_index: int
             read_shard(path, cfg["n"])  # raises on a corrupt shard: never overwritten
         else:
             todo.append(j)
-    bar = tqdm(total=n_sims, desc=desc, unit="sim", disable=not progress,
-               initial=n_sims - sum(min(size, n_sims - j * size) for j in todo))
+    bar = tqdm(
+        total=n_sims,
+        desc=desc,
+        unit="sim",
+        disable=not progress,
+        initial=n_sims - sum(min(size, n_sims - j * size) for j in todo),
+    )
     for j in todo:
         lo, hi = j * size, min((j + 1) * size, n_sims)
         seeds = sim_seeds(cfg["seed"], set_index, lo, hi)

@@ -1,12 +1,12 @@
 """Periodic Gaussian random fields with the slab spectrum P_2D(k; theta), and their exact density.
 
-Conventions (``fieldflow.fourier``): X = rfft2(x) is the unnormalised DFT and the pixel
+Conventions (``data_gen.fourier``): X = rfft2(x) is the unnormalised DFT and the pixel
 spectrum is P_pix(k) = P_2D(|k|) N^2 / L^2, so that the field covariance is diagonal in
 Fourier space, C = F^-1 diag(P_pix) F, and a pixel has variance (1/N^2) sum_k P_pix(k).
 
 Sampling: x = irfft2( rfft2(w) sqrt(P_pix) ) with w ~ N(0, I) white noise on the grid.
 The field is band-limited to the grid (no pixel window, no aliasing), so
-``fieldflow.fourier.power_spectrum`` of the fields scatters around ``power_2d_binned``.
+``data_gen.fourier.power_spectrum`` of the fields scatters around ``power_2d_binned``.
 
 The k = 0 mode has the finite variance P_2D(0) of the mean of a slab of thickness L_z
 (the integral over k_z in ``data_gen.power``), so the density is proper.
@@ -27,6 +27,7 @@ import numpy as np
 
 from data_gen.cosmology import check_grid, check_theta
 from data_gen.power import DEFAULT_BOX, DEFAULT_N, pixel_power_grid
+from data_gen.validation import check_maps, is_concrete
 
 __all__ = ["grf", "grf_log_likelihood", "gaussian_field", "gaussian_log_density"]
 
@@ -40,7 +41,7 @@ def gaussian_field(key: jax.Array, ppix: jnp.ndarray) -> jnp.ndarray:
 
 def gaussian_log_density(x: jnp.ndarray, ppix: jnp.ndarray) -> jnp.ndarray:
     """log N(x; 0, C) for C = F^-1 diag(P_pix) F; x (..., N, N), ppix broadcastable -> (...)."""
-    from fieldflow.fourier import rfft_multiplicity
+    from data_gen.fourier import rfft_multiplicity
 
     n = x.shape[-1]
     w = jnp.asarray(rfft_multiplicity(n), jnp.float32)
@@ -51,32 +52,11 @@ def gaussian_log_density(x: jnp.ndarray, ppix: jnp.ndarray) -> jnp.ndarray:
     return -0.5 * (quad + logdet + n**2 * np.log(2 * np.pi))
 
 
-def _is_tracer(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
 def prepare_theta(theta) -> jnp.ndarray:
     """theta (2,) or (B, 2) -> float32 (B, 2); range-checked when concrete (ValueError)."""
-    if _is_tracer(theta):
+    if not is_concrete(theta):
         return jnp.atleast_2d(theta).astype(jnp.float32)
     return jnp.asarray(check_theta(theta))
-
-
-def prepare_fields(x, n: int | None = None) -> jnp.ndarray:
-    """x (B, N, N) or (N, N) -> float32 (B, N, N); shape and (if concrete) finiteness checked."""
-    if not hasattr(x, "shape"):
-        x = np.asarray(x)
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3 or x.shape[-1] != x.shape[-2] or x.shape[0] == 0:
-        raise ValueError(f"x must have shape (B, N, N) or (N, N), got {tuple(x.shape)}")
-    if n is not None and x.shape[-1] != n:
-        raise ValueError(f"x must hold {n} x {n} maps, got {tuple(x.shape)}")
-    check_grid(x.shape[-1], 1.0)
-    x = jnp.asarray(x, jnp.float32)
-    if not _is_tracer(x) and not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError("x contains NaN or inf values")
-    return x
 
 
 @functools.partial(jax.jit, static_argnames=("n", "box", "slab", "nonlinear"))
@@ -122,7 +102,7 @@ def grf_log_likelihood(
     x (B, N, N); theta (2,) or (B, 2); a batch of 1 on either side broadcasts (one map on
     many theta, or many maps at one theta). Jit-able, differentiable in x and theta.
     """
-    x = prepare_fields(x)
+    x = jnp.asarray(check_maps(x, name="x")[0])
     theta = prepare_theta(theta)
     _check_broadcast(x, theta)
     _, box = check_grid(x.shape[-1], box)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from data_gen.gaussian import _grf_logl, prepare_fields, prepare_theta
+from data_gen.gaussian import _grf_logl, prepare_theta
 from data_gen.lognormal import _lognormal_logl
 from data_gen.power import DEFAULT_BOX
+from data_gen.validation import check_maps
 
 __all__ = ["log_likelihood_grid"]
 
@@ -30,11 +31,14 @@ def log_likelihood_grid(
     fns = {"lognormal": _lognormal_logl, "grf": _grf_logl}
     if model not in fns:
         raise ValueError(f"model must be one of {sorted(fns)}, got {model!r}")
-    x = prepare_fields(x)
+    x = jnp.asarray(check_maps(x, name="x")[0])
     if x.shape[0] != 1:
         raise ValueError(f"x must be one map, got a batch of {x.shape[0]}")
-    om, s8 = np.meshgrid(np.asarray(omega_m, np.float32).ravel(),
-                         np.asarray(sigma8, np.float32).ravel(), indexing="ij")
+    om, s8 = np.meshgrid(
+        np.asarray(omega_m, np.float32).ravel(),
+        np.asarray(sigma8, np.float32).ravel(),
+        indexing="ij",
+    )
     theta = np.asarray(prepare_theta(np.stack([om.ravel(), s8.ravel()], -1)))
     out = np.empty(len(theta), np.float32)
     pad = (-len(theta)) % chunk if len(theta) > chunk else 0

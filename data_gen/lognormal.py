@@ -32,10 +32,10 @@ from data_gen.gaussian import (
     _check_broadcast,
     gaussian_field,
     gaussian_log_density,
-    prepare_fields,
     prepare_theta,
 )
 from data_gen.power import DEFAULT_BOX, DEFAULT_N, pixel_power_grid
+from data_gen.validation import check_maps
 
 __all__ = [
     "lognormal",
@@ -53,7 +53,7 @@ def lognormal_gaussian_power(ppix: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarra
     ppix (..., N, N//2+1) -> (P_g,pix same shape, sigma_g^2 (...)). xi_delta is clipped at
     -1 + 1e-6 before the logarithm.
     """
-    from fieldflow.fourier import rfft_multiplicity
+    from data_gen.fourier import rfft_multiplicity
 
     n = ppix.shape[-2]
     xi = jnp.fft.irfft2(ppix, s=(n, n))
@@ -119,7 +119,7 @@ def lognormal_log_likelihood(
     x (B, N, N) (or (N, N)); theta (2,) or (B, 2); a batch of 1 on either side broadcasts.
     Maps with a pixel <= -1 get -inf. Jit-able; differentiable in x and theta.
     """
-    x = prepare_fields(x)
+    x = jnp.asarray(check_maps(x, name="x")[0])
     theta = prepare_theta(theta)
     _check_broadcast(x, theta)
     _, box = check_grid(x.shape[-1], box)

@@ -74,7 +74,7 @@ def default_slab(box: float) -> float:
     return DEFAULT_SLAB_FRACTION * float(box)
 
 
-def _resolve_slab(box: float, slab: float | None) -> float:
+def resolve_slab(box: float, slab: float | None) -> float:
     slab = default_slab(box) if slab is None else slab
     try:
         s = float(slab)
@@ -106,12 +106,21 @@ _power_3d_jit = jax.jit(power_3d, static_argnames=("nonlinear",))
 def _cache_path(nonlinear: bool, om: np.ndarray, s8: np.ndarray) -> Path | None:
     import jax_cosmo
 
-    root = os.environ.get("FIELDFLOW_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "fieldflow"))
+    root = os.environ.get(
+        "FIELDFLOW_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "fieldflow")
+    )
     if not root:
         return None
-    key = json.dumps([getattr(jax_cosmo, "__version__", "?"), sorted(PLANCK_LIKE.items()),
-                      bool(nonlinear), om.tolist(), s8.tolist(), _LOGK3.tolist()])
+    key = json.dumps(
+        [
+            getattr(jax_cosmo, "__version__", "?"),
+            sorted(PLANCK_LIKE.items()),
+            bool(nonlinear),
+            om.tolist(),
+            s8.tolist(),
+            _LOGK3.tolist(),
+        ]
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(root) / f"pk3d_{'nl' if nonlinear else 'lin'}_{digest}.npy"
 
@@ -142,8 +151,10 @@ def _p3d_table(nonlinear: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _table_nodes(nonlinear: bool) -> tuple[np.ndarray, np.ndarray]:
     if nonlinear:
-        return (np.linspace(*OMEGA_M_RANGE, N_OMEGA_NODES_NL),
-                np.linspace(*SIGMA8_RANGE, N_SIGMA8_NODES_NL))
+        return (
+            np.linspace(*OMEGA_M_RANGE, N_OMEGA_NODES_NL),
+            np.linspace(*SIGMA8_RANGE, N_SIGMA8_NODES_NL),
+        )
     return np.linspace(*OMEGA_M_RANGE, N_OMEGA_NODES), np.array([1.0])
 
 
@@ -183,8 +194,15 @@ def _slab_integral(kperp: np.ndarray, logp: np.ndarray, slab: float) -> np.ndarr
     (log-spaced nodes below 4 pi to resolve the turnover of P_3D near k_z = 0, step pi/8
     above), then a log-spaced tail where sinc^2 is replaced by its mean 1/(2u^2).
     """
-    u = np.unique(np.concatenate([[0.0], np.geomspace(1e-5, 4 * np.pi, 800),
-                                  np.arange(4 * np.pi, 100 * np.pi + 1e-9, np.pi / 8)]))
+    u = np.unique(
+        np.concatenate(
+            [
+                [0.0],
+                np.geomspace(1e-5, 4 * np.pi, 800),
+                np.arange(4 * np.pi, 100 * np.pi + 1e-9, np.pi / 8),
+            ]
+        )
+    )
     w = np.zeros(u.shape)
     w[1:] += np.diff(u) / 2
     w[:-1] += np.diff(u) / 2
@@ -208,16 +226,22 @@ def _grid_table(n: int, box: float, slab: float, nonlinear: bool):
 
     P_2D is integrated directly at each distinct |k| of the grid (no interpolation in k).
     """
-    from fieldflow.fourier import kmag_half
+    from data_gen.fourier import kmag_half
 
     om, s8, logp3 = _p3d_table(nonlinear)
     uniq, inv = np.unique(kmag_half(n, box), return_inverse=True)
     flat = logp3.reshape(-1, logp3.shape[-1])
     rows = []
     for i in range(0, len(flat), 8):
-        rows.append(np.concatenate(
-            [_slab_integral(uniq[j : j + 256], flat[i : i + 8], slab)
-             for j in range(0, len(uniq), 256)], axis=1))
+        rows.append(
+            np.concatenate(
+                [
+                    _slab_integral(uniq[j : j + 256], flat[i : i + 8], slab)
+                    for j in range(0, len(uniq), 256)
+                ],
+                axis=1,
+            )
+        )
     tab = np.log(np.concatenate(rows)).reshape(logp3.shape[:2] + uniq.shape)
     logp = tab[..., inv.ravel()].reshape(logp3.shape[:2] + (n, n // 2 + 1))
     logp = logp + np.log(n**2 / box**2)
@@ -233,8 +257,9 @@ def _lin_weights(x, nodes: np.ndarray):
     return i, pos - i
 
 
-def pixel_power_grid(theta, n: int, box: float, slab: float | None = None,
-                     nonlinear: bool = False) -> jnp.ndarray:
+def pixel_power_grid(
+    theta, n: int, box: float, slab: float | None = None, nonlinear: bool = False
+) -> jnp.ndarray:
     """Pixel-unit spectrum P_pix(k) = P_2D(|k|; theta) N^2 / L^2 on the rfft2 half plane.
 
     theta (2,) or (B, 2) -> (B, N, N//2+1) float32. In these units the pixel variance is
@@ -242,7 +267,7 @@ def pixel_power_grid(theta, n: int, box: float, slab: float | None = None,
     (piecewise-linear interpolation between table nodes; no checks on theta here).
     """
     n, box = check_grid(n, box)
-    slab = _resolve_slab(box, slab)
+    slab = resolve_slab(box, slab)
     om, s8, logp = _grid_table(n, box, slab, bool(nonlinear))
     logp = jnp.asarray(logp)
     theta = jnp.atleast_2d(jnp.asarray(theta, jnp.float32))
@@ -254,25 +279,36 @@ def pixel_power_grid(theta, n: int, box: float, slab: float | None = None,
     j, s = _lin_weights(theta[:, 1], s8)
     a, b = (1 - t)[:, None, None], t[:, None, None]
     c, d = (1 - s)[:, None, None], s[:, None, None]
-    lp = (a * c * logp[i, j] + b * c * logp[i + 1, j]
-          + a * d * logp[i, j + 1] + b * d * logp[i + 1, j + 1])
+    lp = (
+        a * c * logp[i, j]
+        + b * c * logp[i + 1, j]
+        + a * d * logp[i, j + 1]
+        + b * d * logp[i + 1, j + 1]
+    )
     return jnp.exp(lp)
 
 
-def power_2d_grid(theta, n: int, box: float, slab: float | None = None,
-                  nonlinear: bool = False) -> jnp.ndarray:
+def power_2d_grid(
+    theta, n: int, box: float, slab: float | None = None, nonlinear: bool = False
+) -> jnp.ndarray:
     """P_2D(|k|; theta) in (h^-1 Mpc)^2 on the rfft2 half plane of an N x N map: (B, N, N//2+1)."""
     return pixel_power_grid(theta, n, box, slab, nonlinear) * (float(box) ** 2 / n**2)
 
 
-def power_2d_binned(theta, n: int, box: float, slab: float | None = None,
-                    nonlinear: bool = False, edges: np.ndarray | None = None) -> jnp.ndarray:
-    """Expected binned spectrum of a map, on the bins of ``fieldflow.fourier.power_spectrum``.
+def power_2d_binned(
+    theta,
+    n: int,
+    box: float,
+    slab: float | None = None,
+    nonlinear: bool = False,
+    edges: np.ndarray | None = None,
+) -> jnp.ndarray:
+    """Expected binned spectrum of a map, on the bins of ``data_gen.fourier.power_spectrum``.
 
     The mode-weighted mean of P_2D over the modes of each bin, (B, n_bins), so that
     ``power_spectrum(grf(key, theta, n, box), box)`` scatters around it.
     """
-    from fieldflow.fourier import radial_average_half
+    from data_gen.fourier import radial_average_half
 
     return radial_average_half(power_2d_grid(theta, n, box, slab, nonlinear), n, box, edges)
 
@@ -286,7 +322,7 @@ def power_2d(k, theta, slab: float, nonlinear: bool = False) -> np.ndarray:
     from data_gen.cosmology import check_theta
 
     theta = check_theta(theta)
-    slab = _resolve_slab(1.0, slab)
+    slab = resolve_slab(1.0, slab)
     k = np.atleast_1d(np.asarray(k, np.float64))
     kk = jnp.exp(jnp.asarray(_LOGK3, jnp.float32))
     out = []

@@ -6,7 +6,11 @@ training step (value, gradient and Adam update), and of the bare
 pair, so ``log_prob_per_layer_over_fft`` = t(log_prob) / (n_layers * t(fft pair))
 is the cost of a layer in units of its FFT floor.
 
-Command line: ``python scripts/benchmark.py --sizes 64 128 256`` or ``fieldflow benchmark``.
+Also the throughput of the ``data_gen`` simulators (:func:`simulator_benchmark`): maps per
+second after compilation, compile time apart.
+
+Command line: ``python scripts/benchmark.py --sizes 64 128 256`` or ``fieldflow benchmark``;
+``python scripts/benchmark_data.py`` for the simulators.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from fieldflow import TRENF
 from fieldflow.train import TrainConfig, make_optimizer, make_train_step
+
+__all__ = ["timeit", "bench_size", "speed_benchmark", "simulator_rate", "simulator_benchmark"]
 
 
 def timeit(calls: dict, repeats: int = 10, min_time: float = 0.5, burst: int = 5) -> dict:
@@ -108,3 +115,78 @@ def speed_benchmark(
         "machine": platform.machine(),
         "results": [bench_size(n, batch, n_layers, tuple(hidden), repeats) for n in sizes],
     }
+
+
+def _rate(fn, n_maps_per_call: int, min_time: float = 2.0) -> tuple[float, float]:
+    """(maps per second after compilation, compile seconds) of ``fn(i)``, i = 0, 1, ..."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(0))
+    compile_s = time.perf_counter() - t0
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        jax.block_until_ready(fn(calls + 1))
+        calls += 1
+        if time.perf_counter() - t0 > min_time:
+            break
+    return n_maps_per_call * calls / (time.perf_counter() - t0), compile_s
+
+
+def simulator_rate(
+    simulator: str, n: int, box: float, batch: int, min_time: float = 2.0, **config
+) -> dict:
+    """Throughput of one simulator: ``batch`` simulations per call (``data_gen.dataset``'s
+    ``simulate``, as data set generation runs them), theta from the Sobol design;
+    ``config`` as for ``make_config`` (e.g. ``n_mesh``, ``n_steps`` for nbody)."""
+    from data_gen.dataset import design_theta, make_config, simulate
+
+    cfg = make_config(simulator, batch, n=n, box=box, **config)
+    theta = design_theta(batch, 0)
+    rate, comp = _rate(
+        lambda i: simulate(cfg, np.arange(batch) + i * batch, theta),
+        batch * cfg["maps_per_sim"],
+        min_time,
+    )
+    out = {"simulator": simulator, "n": n, "box": box}
+    if simulator == "nbody":
+        per = cfg["maps_per_sim"]
+        out.update(
+            n_mesh=cfg["n_mesh"],
+            n_steps=cfg["n_steps"],
+            slab=cfg["slab"],
+            maps_per_sim=per,
+            maps_per_s=round(rate, 2),
+            sims_per_s=round(rate / per, 3),
+        )
+    else:
+        out.update(slab=cfg["slab"], batch=batch, maps_per_s=round(rate, 1))
+    out["compile_s"] = round(comp, 1)
+    return out
+
+
+def simulator_benchmark(quick: bool = False) -> dict:
+    """Simulator throughput at the defaults (64^2 maps, 256 h^-1 Mpc box, PM 64^3) and at the
+    TRENF paper's sizes (128^2 maps, 512 h^-1 Mpc box, 128 h^-1 Mpc slabs; PM 128^3 unless
+    ``quick``), and the seconds of the exact lognormal likelihood on a 100 x 100 theta grid."""
+    from data_gen.likelihood import log_likelihood_grid
+    from data_gen.lognormal import lognormal
+
+    out = {
+        "device": str(jax.devices()[0]),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "results": [],
+    }
+    for kind in ("grf", "lognormal"):
+        out["results"].append(simulator_rate(kind, 64, 256.0, 256))
+        out["results"].append(simulator_rate(kind, 128, 512.0, 64))
+    out["results"].append(simulator_rate("nbody", 64, 256.0, 1, 3.0, n_mesh=64, n_steps=10))
+    if not quick:
+        out["results"].append(simulator_rate("nbody", 128, 512.0, 1, 1.0, n_mesh=128, n_steps=10))
+    x = lognormal(jax.random.PRNGKey(0), (0.3, 0.8))
+    om, s8 = np.linspace(0.2, 0.5, 100), np.linspace(0.5, 1.1, 100)
+    log_likelihood_grid(x, om, s8)
+    t0 = time.perf_counter()
+    log_likelihood_grid(x, om, s8)
+    out["lognormal_likelihood_grid_100x100_64sq_s"] = round(time.perf_counter() - t0, 2)
+    return out

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_manifest", "load_shards", "load_dataset", "batch_iterator"]
+__all__ = ["load_manifest", "load_shards", "load_dataset"]
 
 _KEYS = ("maps", "theta", "sim_id")
 
@@ -47,8 +46,12 @@ def load_shards(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         except Exception as err:
             raise ValueError(f"corrupt shard {f}: {err}") from None
         m = d["maps"]
-        if (m.ndim != 3 or m.shape[1:] != (cfg.get("n"), cfg.get("n"))
-                or d["theta"].shape != (len(m), 2) or d["sim_id"].shape != (len(m),)):
+        if (
+            m.ndim != 3
+            or m.shape[1:] != (cfg.get("n"), cfg.get("n"))
+            or d["theta"].shape != (len(m), 2)
+            or d["sim_id"].shape != (len(m),)
+        ):
             raise ValueError(f"corrupt shard {f}: array shapes do not match the manifest")
         maps.append(m.astype(np.float32))
         theta.append(d["theta"].astype(np.float32))
@@ -56,8 +59,11 @@ def load_shards(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     maps, theta, sim = np.concatenate(maps), np.concatenate(theta), np.concatenate(sim)
     expected = cfg.get("n_sims")
     if expected is not None and len(np.unique(sim)) < expected:
-        warnings.warn(f"{path}: {len(np.unique(sim))} of {expected} simulations present "
-                      "(generation unfinished?)", stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(np.unique(sim))} of {expected} simulations present "
+            "(generation unfinished?)",
+            stacklevel=2,
+        )
     return maps, theta, sim
 
 
@@ -86,37 +92,3 @@ def load_dataset(path, splits=(0.8, 0.1, 0.1), seed: int = 0) -> dict:
         fm, ft, _ = load_shards(fid)
         out["fiducial"] = (fm, ft)
     return out
-
-
-def _rng_from(key_or_seed) -> np.random.Generator:
-    if isinstance(key_or_seed, (int, np.integer)):
-        return np.random.default_rng(int(key_or_seed))
-    import jax
-
-    key = key_or_seed
-    if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
-
-
-def batch_iterator(
-    maps: np.ndarray,
-    theta: np.ndarray,
-    batch_size: int,
-    key_or_seed=0,
-    shuffle: bool = True,
-    drop_last: bool = True,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch of (maps (b, N, N), theta (b, 2)) numpy batches.
-
-    ``key_or_seed`` is an int or a ``jax.random`` key; the order is deterministic given it.
-    """
-    if len(maps) != len(theta):
-        raise ValueError(f"maps ({len(maps)}) and theta ({len(theta)}) differ in length")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    idx = _rng_from(key_or_seed).permutation(len(maps)) if shuffle else np.arange(len(maps))
-    stop = len(idx) - len(idx) % batch_size if drop_last else len(idx)
-    for i in range(0, stop, batch_size):
-        b = idx[i : i + batch_size]
-        yield maps[b], theta[b]

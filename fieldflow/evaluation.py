@@ -17,42 +17,32 @@ is well below 5%: lognormal 32^2 maps have cv ~ 0.4-0.8 in every bin (their P(k)
 correlated across k), so S = Y = 256 gives ratio_err ~ 4-6% and about 2000 of each are
 needed for ~2%. ``passed_within_noise`` allows 2 ratio_err on top of the tolerance.
 
-Figures (matplotlib with the Agg backend, imported lazily): maps side by side, P(k) with a
-ratio panel, the PDF, peak counts, and posterior contours of several methods on one plot.
+Also: simulations at theta never seen in training (:func:`held_out_sims`), the samples' P(k)
+against the exact expected spectrum (:func:`theory_check`), the comparison at several theta
+(:func:`default_thetas`, :func:`sample_quality_benchmark`), and the posteriors of one map
+under the flow, the power-spectrum likelihood and the exact lognormal likelihood
+(:func:`map_posteriors`). The figures are in :mod:`fieldflow.plots.samples`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from fieldflow.io import to_jsonable
 
 __all__ = [
     "sample_quality",
     "sample_maps",
-    "plot_maps_side_by_side",
-    "plot_power_spectra",
-    "plot_pdf",
-    "plot_peaks",
-    "plot_posteriors",
+    "held_out_sims",
+    "theory_check",
+    "default_thetas",
+    "sample_quality_benchmark",
+    "map_posteriors",
 ]
 
 DEFAULT_PEAK_THRESHOLDS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _null_formatter():
-    from matplotlib.ticker import NullFormatter
-
-    return NullFormatter()
 
 
 def _compare(fs: np.ndarray, fy: np.ndarray) -> dict:
@@ -73,10 +63,6 @@ def _compare(fs: np.ndarray, fy: np.ndarray) -> dict:
         "dev_over_scatter": dev,
         "z": z,
     }
-
-
-def _tolist(d: dict) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
 
 
 def sample_quality(
@@ -105,11 +91,15 @@ def sample_quality(
         deviations, pass flags), ``pixels`` (mean, std, skewness of both sets) and ``passed``.
     """
     from fieldflow import fourier, metrics
-    from fieldflow.inference import check_maps
+    from fieldflow.validation import check_maps
 
-    s = check_maps(samples, name="samples")
-    y = check_maps(sims, s.shape[-1], name="sims")
+    s, _ = check_maps(np.asarray(samples), name="samples")
+    y, _ = check_maps(np.asarray(sims), name="sims")
     n = s.shape[-1]
+    if y.shape[-1] != n:
+        raise ValueError(
+            f"sims must hold {n} x {n} maps like the samples, got {y.shape[-1]} x {y.shape[-1]}"
+        )
     edges = fourier.k_bin_edges(n, box)
     k = fourier.k_bin_centers(edges)
     below = k < fourier.nyquist_k(n, box) * (1 - 1e-9)
@@ -134,7 +124,8 @@ def sample_quality(
         tolerance=pk_tolerance,
         passed=bool(max_dev < pk_tolerance),
         passed_within_noise=bool(
-            np.all(np.abs(ratio[below] - 1) <= pk_tolerance + 2 * ratio_err[below])),
+            np.all(np.abs(ratio[below] - 1) <= pk_tolerance + 2 * ratio_err[below])
+        ),
     )
 
     if pdf_edges is None:
@@ -173,9 +164,9 @@ def sample_quality(
         "n_sims": int(len(y)),
         "n": int(n),
         "box": float(box),
-        "power_spectrum": _tolist(pk),
-        "pdf": _tolist(pdf),
-        "peaks": _tolist(peaks),
+        "power_spectrum": to_jsonable(pk),
+        "pdf": to_jsonable(pdf),
+        "peaks": to_jsonable(peaks),
         "pixels": {"samples": moments(s), "sims": moments(y)},
         "passed": bool(pk["passed"] and pdf["passed"] and peaks["passed"]),
     }
@@ -193,125 +184,232 @@ def sample_maps(model, theta, num: int, key=None, batch: int = 64) -> np.ndarray
     theta = np.asarray(theta, np.float32).reshape(1, 2)
     batch = max(1, min(int(batch), int(num)))
     cond = np.repeat(theta, batch, axis=0)
-    out = [np.asarray(model.sample(jax.random.fold_in(key, b), cond))
-           for b in range(-(-int(num) // batch))]
+    out = [
+        np.asarray(model.sample(jax.random.fold_in(key, b), cond))
+        for b in range(-(-int(num) // batch))
+    ]
     return np.concatenate(out)[: int(num)]
 
 
-# ------------------------------------------------------------------------- figures
-def plot_maps_side_by_side(sims, samples, n: int = 4, titles=("simulation", "flow sample")):
-    """Row 1: ``n`` simulations; row 2: ``n`` samples; one shared colour scale."""
-    plt = _pyplot()
-    sims, samples = np.asarray(sims)[:n], np.asarray(samples)[:n]
-    n = min(len(sims), len(samples))
-    vmin, vmax = np.percentile(np.concatenate([sims[:n], samples[:n]]), [1, 99])
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)
-    for row, (maps, title) in enumerate(zip((sims, samples), titles, strict=True)):
-        for i in range(n):
-            ax = axes[row, i]
-            im = ax.imshow(maps[i], cmap="viridis", vmin=vmin, vmax=vmax, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_ylabel(title)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=r"$\delta$")
-    return fig
+def held_out_sims(
+    cfg: dict, splits: dict, theta: np.ndarray, num: int, seed: int, batch: int = 64
+) -> tuple[np.ndarray, str]:
+    """``num`` simulations at theta never used in training, and where they come from.
 
-
-def plot_power_spectra(stats: Mapping, label: str = "flow"):
-    """P(k) of samples and simulations (band: scatter of one map) with a ratio panel."""
-    plt = _pyplot()
-    pk = stats["power_spectrum"]
-    k = np.asarray(pk["k"])
-    fig, (ax, axr) = plt.subplots(2, 1, figsize=(5.5, 5.5), sharex=True,
-                                  gridspec_kw={"height_ratios": [2.2, 1]})
-    my, sy = np.asarray(pk["sims_mean"]), np.asarray(pk["sims_std"])
-    ax.fill_between(k, my - sy, my + sy, color="0.8", label="simulations ±1σ (one map)")
-    ax.plot(k, my, "k-", label="simulations")
-    ax.plot(k, pk["samples_mean"], "C0--", label=label)
-    ax.set_yscale("log")
-    ax.set_ylabel(r"$P(k)$ [$h^{-2}\,$Mpc$^2$]")
-    ax.legend(fontsize=8)
-    tol = pk.get("tolerance", 0.05)
-    axr.axhspan(1 - tol, 1 + tol, color="C2", alpha=0.2, label=f"±{tol:.0%}")
-    axr.errorbar(k, pk["ratio"], yerr=pk["ratio_err"], fmt="o", ms=3, color="C0")
-    axr.axhline(1.0, color="k", lw=0.8)
-    axr.set_xscale("log")
-    axr.xaxis.set_minor_formatter(_null_formatter())
-    axr.set_xlabel(r"$k$ [$h\,$Mpc$^{-1}$]")
-    axr.set_ylabel("ratio")
-    axr.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_pdf(stats: Mapping, label: str = "flow"):
-    """One-point PDF of the pixels: simulations (band: one-map scatter) and samples."""
-    plt = _pyplot()
-    pdf = stats["pdf"]
-    e = np.asarray(pdf["edges"])
-    c = 0.5 * (e[1:] + e[:-1])
-    my, sy = np.asarray(pdf["sims_mean"]), np.asarray(pdf["sims_std"])
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.fill_between(c, np.maximum(my - sy, 1e-6), my + sy, color="0.8",
-                    label="simulations ±1σ (one map)")
-    ax.plot(c, my, "k-", label="simulations")
-    ax.plot(c, pdf["samples_mean"], "C0--", label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel(r"$\delta$")
-    ax.set_ylabel("PDF")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_peaks(stats: Mapping, label: str = "flow"):
-    """Cumulative peak counts N(> nu) of samples and simulations."""
-    plt = _pyplot()
-    pk = stats["peaks"]
-    t = np.asarray(pk["thresholds"])
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.errorbar(t, pk["sims_mean"], yerr=pk["sims_std"], fmt="k-", capsize=2,
-                label="simulations ±1σ (one map)")
-    ax.plot(t, pk["samples_mean"], "C0o--", label=label)
-    ax.set_xlabel(r"$\nu$ [map std]")
-    ax.set_ylabel(r"$N(>\nu)$ per map")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_posteriors(posteriors: Mapping, theta_true=None, zoom: bool = True):
-    """68% and 95% HPD contours of several grid posteriors on one (Omega_m, sigma_8) plot.
-
-    ``posteriors`` maps a label (e.g. 'TRENF', 'P(k)', 'exact') to a ``GridPosterior``;
-    the legend gives each FoM. ``zoom`` restricts the axes to the 95% regions.
+    The data set's ``fiducial/`` maps (when theta is the fiducial theta), topped up with
+    fresh simulations of the data set's configuration ``cfg`` (its manifest) with seeds
+    outside the data set, simulated ``batch`` at a time (one compilation).
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    boxes = []
-    for c, (name, p) in enumerate(posteriors.items()):
-        g = p.grid
-        om, s8 = np.meshgrid(g.om, g.s8, indexing="ij")
-        levels = sorted(set(p.levels))  # 95% level < 68% level
-        styles = ["--", "-"] if len(levels) == 2 else ["-"] * len(levels)
-        ax.contour(om, s8, p.post, levels=levels, colors=[f"C{c}"] * len(levels),
-                   linestyles=styles)
-        ax.plot([], [], f"C{c}-", label=f"{name} (FoM {p.fom:.0f})")
-        inside = p.post >= min(p.levels)
-        if inside.any():
-            boxes.append((om[inside].min(), om[inside].max(), s8[inside].min(), s8[inside].max()))
-    if theta_true is not None:
-        ax.plot(*np.asarray(theta_true, np.float64).ravel()[:2], "k*", ms=12, label="truth")
-    if zoom and boxes:
-        b = np.asarray(boxes)
-        lo_om, hi_om, lo_s8, hi_s8 = b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()
-        pad_om, pad_s8 = 0.15 * (hi_om - lo_om) + 1e-3, 0.15 * (hi_s8 - lo_s8) + 1e-3
-        ax.set_xlim(lo_om - pad_om, hi_om + pad_om)
-        ax.set_ylim(lo_s8 - pad_s8, hi_s8 + pad_s8)
-    ax.set_xlabel(r"$\Omega_m$")
-    ax.set_ylabel(r"$\sigma_8$")
-    ax.set_title("68% (solid) and 95% (dashed) credible regions", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    import data_gen
+    from data_gen.dataset import sim_seeds, simulate
+
+    parts, maps = [], []
+    if np.allclose(theta, data_gen.FIDUCIAL_THETA) and "fiducial" in splits:
+        fid = splits["fiducial"][0][:num]
+        maps.append(fid)
+        parts.append(f"{len(fid)} maps of the data set's fiducial/ set")
+    need = num - sum(len(m) for m in maps)
+    if need > 0:
+        per = int(cfg.get("maps_per_sim", 1))
+        n_sims = -(-need // per)
+        seeds = sim_seeds(int(cfg.get("seed", 0)) + 1000 + seed, 7, 0, n_sims)
+        th = np.tile(np.asarray(theta).astype(np.float32), (batch, 1))
+        for i in range(0, n_sims, batch):
+            s = np.resize(seeds[i : i + batch], batch)
+            maps.append(simulate(cfg, s, th)[: min(batch, n_sims - i) * per])
+        parts.append(f"{n_sims} new {cfg['simulator']} simulations ({n_sims * per} maps)")
+    return np.concatenate(maps)[:num], "; ".join(parts)
+
+
+def theory_check(cfg: dict, theta: np.ndarray, stats: dict) -> dict | None:
+    """Samples' and simulations' mean P(k) over the exact expected spectrum.
+
+    For GRF and lognormal data sets (``cfg`` their manifest; None for others): per k bin
+    <P_s(k)> / P_theory(k) with its standard error sigma_s(k) / sqrt(S) / P_theory(k), the
+    same for the simulations, and max |<P_s> / P_theory - 1| below the Nyquist frequency.
+    """
+    if cfg["simulator"] not in ("grf", "lognormal"):
+        return None
+    import data_gen
+
+    expected = np.asarray(
+        data_gen.power_2d_binned(
+            np.asarray(theta)[None],
+            cfg["n"],
+            cfg["box"],
+            cfg.get("slab"),
+            bool(cfg.get("nonlinear", False)),
+        )
+    )[0]
+    pk = stats["power_spectrum"]
+    below = np.asarray(pk["below_nyquist"])
+    s_ratio = np.asarray(pk["samples_mean"]) / expected
+    s_err = np.asarray(pk["samples_std"]) / np.sqrt(stats["n_samples"]) / expected
+    return {
+        "expected_pk": expected.tolist(),
+        "samples_over_theory": s_ratio.tolist(),
+        "samples_over_theory_err": s_err.tolist(),
+        "sims_over_theory": (np.asarray(pk["sims_mean"]) / expected).tolist(),
+        "max_abs_samples_dev_below_nyquist": float(np.abs(s_ratio[below] - 1).max()),
+    }
+
+
+def default_thetas() -> list[tuple[str, tuple[float, float]]]:
+    """``(kind, theta)`` at which to test samples: the fiducial theta, four "interior" points
+    at 1/4 and 3/4 of the prior range on each axis and two "edge" corners at 1/10 and 9/10."""
+    from data_gen import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE
+
+    def at(fo: float, fs: float) -> tuple[float, float]:
+        om = OMEGA_M_RANGE[0] + fo * (OMEGA_M_RANGE[1] - OMEGA_M_RANGE[0])
+        s8 = SIGMA8_RANGE[0] + fs * (SIGMA8_RANGE[1] - SIGMA8_RANGE[0])
+        return round(om, 4), round(s8, 4)
+
+    thetas = [("fiducial", tuple(float(t) for t in FIDUCIAL_THETA))]
+    thetas += [("interior", at(fo, fs)) for fo in (0.25, 0.75) for fs in (0.25, 0.75)]
+    thetas += [("edge", at(0.1, 0.1)), ("edge", at(0.9, 0.9))]
+    return thetas
+
+
+def sample_quality_benchmark(
+    model, cfg: dict, splits: dict, thetas, num: int, seed: int = 0, log=None
+) -> dict:
+    """:func:`sample_quality` of ``num`` samples against ``num`` :func:`held_out_sims` at each
+    ``(kind, theta)`` of ``thetas`` (e.g. :func:`default_thetas`): one row per theta with the
+    P(k) ratios, the maximal deviations, pass flags and seconds; ``log(line)`` is called with a
+    one-line summary of each. Returns ``{"results": rows, "all_passed", "all_passed_except_edge"}``.
+    """
+    import time
+
+    import jax
+
+    if num < 2:
+        raise ValueError(f"num must be at least 2, got {num}")
+    rows = []
+    for i, (kind, theta) in enumerate(thetas):
+        t0 = time.perf_counter()
+        theta = np.asarray(theta, np.float64)
+        sims, source = held_out_sims(cfg, splits, theta, num, seed)
+        samples = sample_maps(model, theta, len(sims), jax.random.key(seed + i))
+        stats = sample_quality(samples, sims, float(cfg["box"]))
+        theory = theory_check(cfg, theta, stats)
+        pk = stats["power_spectrum"]
+        row = {
+            "kind": kind,
+            "theta": theta.tolist(),
+            "n_samples": len(samples),
+            "simulations": source,
+            "pk_ratio": np.round(pk["ratio"], 4).tolist(),
+            "pk_ratio_err": np.round(pk["ratio_err"], 4).tolist(),
+            "pk_max_abs_ratio_dev_below_nyquist": pk["max_abs_ratio_dev_below_nyquist"],
+            "pk_max_ratio_err_below_nyquist": pk["max_ratio_err_below_nyquist"],
+            "pk_passed": pk["passed"],
+            "pk_passed_within_noise": pk["passed_within_noise"],
+            "pdf_max_abs_dev_over_scatter": stats["pdf"]["max_abs_dev_over_scatter"],
+            "peaks_max_abs_dev_over_scatter": stats["peaks"]["max_abs_dev_over_scatter"],
+            "passed": stats["passed"],
+            "seconds": time.perf_counter() - t0,
+        }
+        if theory is not None:
+            row["pk_max_abs_samples_over_theory_dev"] = theory["max_abs_samples_dev_below_nyquist"]
+        rows.append(row)
+        if log is not None:
+            log(
+                f"theta {theta.tolist()} ({kind}): P(k) max |ratio - 1| "
+                f"{row['pk_max_abs_ratio_dev_below_nyquist']:.3f} "
+                f"(+- {row['pk_max_ratio_err_below_nyquist']:.3f}), PDF "
+                f"{row['pdf_max_abs_dev_over_scatter']:.2f}, peaks "
+                f"{row['peaks_max_abs_dev_over_scatter']:.2f} scatter"
+            )
+    return {
+        "results": rows,
+        "all_passed": all(r["passed"] for r in rows),
+        "all_passed_except_edge": all(r["passed"] for r in rows if r["kind"] != "edge"),
+    }
+
+
+def map_posteriors(model, cfg: dict, splits: dict, x, grid, cov_maps=None) -> tuple[dict, list]:
+    """Posteriors of one map ``x`` on ``grid``: ``({label: GridPosterior}, notes)``.
+
+    'TRENF' (the flow), 'P(k)' (the Gaussian power-spectrum likelihood: emulated mean from
+    the training split, covariance from the fiducial maps ``cov_maps`` when given) and, for
+    lognormal data sets, 'exact'. ``notes`` says why a posterior is missing.
+    """
+    from fieldflow import inference as inf
+
+    box = float(cfg["box"])
+    posts = {"TRENF": inf.flow_posterior(model, x, grid)}
+    notes = []
+    if cov_maps is not None:
+        try:
+            ps = inf.PowerSpectrumLikelihood.fit(*splits["train"], cov_maps, box)
+            posts["P(k)"] = ps.posterior(x, grid)
+        except ValueError as err:
+            notes.append(f"no power-spectrum posterior: {err}")
+    else:
+        notes.append("no power-spectrum posterior: the data set has no fiducial/ set")
+    if cfg["simulator"] == "lognormal":
+        posts["exact"] = inf.exact_lognormal_posterior(
+            x, grid, box=box, slab=cfg.get("slab"), nonlinear=bool(cfg.get("nonlinear", False))
+        )
+    return posts, notes
+
+
+def _likelihoods(model, cfg: dict, splits: dict, cov_maps=None) -> tuple[dict, list]:
+    """The likelihoods to diagnose, ``{label: (fn of (map, theta) pairs, grid fn, pairwise)}``:
+    the flow, the P(k) likelihood (when ``cov_maps`` allow a covariance) and, for lognormal
+    data, the exact one (whose grid function shares each theta's spectrum across maps)."""
+    import functools
+
+    from data_gen import lognormal_log_likelihood
+    from fieldflow import inference as inf
+
+    flow = inf.flow_log_like_fn(model)
+    fns, notes = {"TRENF": (flow, flow, False)}, []
+    box = float(cfg["box"])
+    if cov_maps is not None:
+        try:
+            ps = inf.PowerSpectrumLikelihood.fit(*splits["train"], cov_maps, box).log_like_fn()
+            fns["P(k)"] = (ps, ps, False)
+        except ValueError as err:
+            notes.append(f"no power-spectrum diagnostics: {err}")
+    if cfg["simulator"] == "lognormal":
+        kw = {"box": box, "slab": cfg.get("slab"), "nonlinear": bool(cfg.get("nonlinear", False))}
+        pairs = functools.partial(lognormal_log_likelihood, **kw)
+        fns["exact"] = (pairs, inf.lognormal_log_like_fn(**kw), True)
+    return fns, notes
+
+
+def calibration_diagnostics(
+    model, cfg: dict, splits: dict, theta, sims, grid, n_coverage: int = 100, cov_maps=None
+) -> tuple[dict, dict]:
+    """Is each likelihood honest? ``(summary, coverage curves)`` for the flow, the P(k)
+    likelihood and (lognormal) the exact likelihood.
+
+    The score test at ``theta`` on the held-out simulations ``sims`` (drawn there), and the
+    coverage of the HPD regions over the first ``n_coverage`` test maps (theta spread over the
+    prior) on ``grid``: ``fieldflow.inference.score_test`` and ``coverage_curve``.
+    """
+    import warnings
+
+    from fieldflow import inference as inf
+
+    fns, notes = _likelihoods(model, cfg, splits, cov_maps)
+    test_maps, test_theta = (a[:n_coverage] for a in splits["test"])
+    om, s8 = inf.model_theta_range(model)
+    grid = inf.clip_grid(grid, (om[0], s8[0]), (om[1], s8[1]))
+    out, curves = {"notes": notes}, {}
+    for name, (fn, grid_fn, pairwise) in fns.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            s, h = inf.score_and_hessian(fn, sims, theta)
+            test = inf.score_test(s, h)
+            ll = inf.grid_log_likelihood(grid_fn, test_maps, grid, per_map=True, pairwise=pairwise)
+            posts = inf.posteriors_from_loglike(ll, grid)
+            curves[name] = inf.coverage_curve(posts, test_theta)
+        out[name] = {
+            "score_test": test,
+            "coverage": inf.coverage_summary(posts, test_theta),
+            "coverage_curve": curves[name],
+            "warnings": sorted({str(w.message) for w in caught}),
+        }
+    return out, curves

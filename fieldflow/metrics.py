@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fieldflow import fourier
+from fieldflow.validation import check_maps
 
 __all__ = [
     "power_spectrum",
@@ -35,15 +36,8 @@ __all__ = [
 # ---------------------------------------------------------------------------- helpers
 def _as_maps(x, name: str = "x") -> tuple[jnp.ndarray, bool]:
     """Return (B, N, N) float32 maps and whether the input was a single (N, N) map."""
-    if not hasattr(x, "shape"):
-        x = np.asarray(x)
-    if x.ndim not in (2, 3):
-        raise ValueError(f"{name} must have shape (B, N, N) or (N, N), got {tuple(x.shape)}")
-    if x.shape[-1] != x.shape[-2] or x.shape[-1] < 2:
-        raise ValueError(f"{name} must hold square N x N maps (N >= 2), got {tuple(x.shape)}")
-    single = x.ndim == 2
-    x = jnp.asarray(x, dtype=jnp.float32)
-    return (x[None] if single else x), single
+    maps, single = check_maps(x, name=name, finite=False)
+    return jnp.asarray(maps), single
 
 
 def _same_shape(a, b, na: str, nb: str) -> None:

@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from fieldflow.checkpoint import CheckpointStore, read_model_json, write_model_json
+from fieldflow.validation import check_above, check_maps
 
 __all__ = [
     "TrainConfig",
@@ -184,8 +185,6 @@ def model_for_data(model_type: str, maps: np.ndarray, seed: int = 0, **kwargs) -
 
     log_offset = kwargs.get("log_offset")
     if log_offset is not None:
-        from fieldflow.validation import check_above
-
         check_above(maps, -1.0 - log_offset, "maps", f"log_offset {log_offset:g}: use a larger one")
         maps = np.log(np.asarray(maps, np.float64) + (1.0 + log_offset))
     shift, scale = data_statistics(maps)
@@ -194,26 +193,18 @@ def model_for_data(model_type: str, maps: np.ndarray, seed: int = 0, **kwargs) -
 
 
 def _check_split(name: str, data, shape, cond_dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(maps, theta) of one split as host float32 arrays, shapes and values checked."""
     if data is None or len(data) != 2:
         raise ValueError(f"{name} must be a pair (maps, theta)")
     maps, theta = data
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.ndim != 3 or maps.shape[1:] != tuple(shape):
+    maps, _ = check_maps(np.asarray(maps), shape[0], f"{name} maps", allow_single=False)
+    if not cond_dim:
+        return maps, None
+    theta = np.asarray(theta, dtype=np.float32)
+    if theta.shape != (maps.shape[0], cond_dim):
         raise ValueError(
-            f"{name} maps must have shape (M, {shape[0]}, {shape[1]}), got {maps.shape}"
+            f"{name} theta must have shape ({maps.shape[0]}, {cond_dim}), got {theta.shape}"
         )
-    if maps.shape[0] == 0:
-        raise ValueError(f"{name} set is empty")
-    if not np.all(np.isfinite(maps)):
-        raise ValueError(f"{name} maps contain NaN or inf")
-    if cond_dim:
-        theta = np.asarray(theta, dtype=np.float32)
-        if theta.shape != (maps.shape[0], cond_dim):
-            raise ValueError(
-                f"{name} theta must have shape ({maps.shape[0]}, {cond_dim}), got {theta.shape}"
-            )
-    else:
-        theta = None
     return maps, theta
 
 

@@ -1,5 +1,9 @@
 """Input checks done once at public entry points, never inside jitted inner code.
 
+Every check of map arrays goes through :func:`check_maps` (from ``data_gen.validation``,
+the layer below, so the simulators use the same one); this module adds the checks of
+conditions, trained ranges and transform domains.
+
 Shapes are static and always checked. Finiteness is checked only on concrete
 arrays: inside ``jit`` the values are tracers and the check is skipped, so a
 public method may still be called from a jitted function.
@@ -9,16 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_fields", "check_cond", "check_cond_range", "check_above", "is_concrete"]
+from data_gen.validation import check_maps, is_concrete
 
-
-def is_concrete(x) -> bool:
-    """True when ``x`` holds values (not a tracer inside a transformation)."""
-    return not isinstance(x, jax.core.Tracer)
+__all__ = [
+    "check_maps",
+    "check_fields",
+    "check_cond",
+    "check_cond_range",
+    "check_above",
+    "is_concrete",
+]
 
 
 def _check_finite(x, name: str) -> None:
@@ -28,24 +35,12 @@ def _check_finite(x, name: str) -> None:
 
 
 def check_fields(x, shape: Sequence[int], name: str = "x") -> jnp.ndarray:
-    """Validate a batch of maps of shape (B, *shape) and return it as float32."""
+    """Validate a batch of maps of shape (B, *shape) and return it as float32 (jax)."""
     shape = tuple(int(s) for s in shape)
-    expected = "(B, " + ", ".join(str(s) for s in shape) + ")"
-    if not hasattr(x, "shape"):
-        x = np.asarray(x)
-    if x.ndim != len(shape) + 1:
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
-    if x.shape[-2] != x.shape[-1]:
-        raise ValueError(f"{name} must hold square maps {expected}, got {tuple(x.shape)}")
-    if tuple(x.shape[1:]) != shape:
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one map, got an empty batch")
-    if not jnp.issubdtype(x.dtype, jnp.floating) and not jnp.issubdtype(x.dtype, jnp.integer):
-        raise ValueError(f"{name} must be a real array, got dtype {x.dtype}")
-    x = jnp.asarray(x, dtype=jnp.float32)
-    _check_finite(x, name)
-    return x
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"a model's map shape must be square (N, N), got {shape}")
+    maps, _ = check_maps(x, shape[0], name, allow_single=False)
+    return jnp.asarray(maps)
 
 
 def check_above(x, bound: float, name: str, why: str) -> None:

@@ -33,10 +33,10 @@ from _setup import BOX, MODEL_KWARGS, RUN, TINY, lognormal_data, show, train_con
 
 import fieldflow
 from data_gen import lognormal_log_likelihood
-from fieldflow.cli import train_run
 from fieldflow.data import load_dataset
 from fieldflow.plots import plot_loss_curves
 from fieldflow.train import nll_per_pixel
+from fieldflow.workflows import ensure_run
 
 # %% [markdown]
 # Simulate maps over the prior $\Omega_m \in [0.2, 0.5]$, $\sigma_8 \in [0.5, 1.1]$ (plus a
@@ -48,10 +48,14 @@ from fieldflow.train import nll_per_pixel
 data_dir = lognormal_data()
 config = train_config()
 print(config)
-if not (RUN / "summary.json").exists():
-    train_run(data_dir, RUN, "trenf", MODEL_KWARGS, config, progress=not TINY)
+summary, seconds = ensure_run(
+    data_dir, RUN, model_kwargs=MODEL_KWARGS, config=config, progress=not TINY
+)
 model = fieldflow.load(RUN)
-print(f"{model.num_params()} parameters; run in {RUN}")
+print(
+    f"{model.num_params()} parameters; run in {RUN} "
+    + ("(reused)" if summary["reused"] else f"(trained in {seconds:.0f} s)")
+)
 
 # %% [markdown]
 # Compare with the exact likelihood on held-out maps, on average and map by map.
@@ -64,10 +68,12 @@ flow_lp = np.asarray(model.log_prob(test_maps, test_theta)) / npix
 exact_lp = np.asarray(lognormal_log_likelihood(test_maps, test_theta, box=BOX)) / npix
 exact_nll = -float(exact_lp.mean())
 gap = exact_lp - flow_lp  # >= 0 on average: the flow can only lose information
-print(f"test maps  {len(test_maps)}\n"
-      f"flow  NLL  {flow_nll:.5f} nats/pixel\nexact NLL  {exact_nll:.5f} nats/pixel\n"
-      f"gap        {flow_nll - exact_nll:.5f} nats/pixel (per map: {gap.mean():.5f} "
-      f"+/- {gap.std():.5f})")
+print(
+    f"test maps  {len(test_maps)}\n"
+    f"flow  NLL  {flow_nll:.5f} nats/pixel\nexact NLL  {exact_nll:.5f} nats/pixel\n"
+    f"gap        {flow_nll - exact_nll:.5f} nats/pixel (per map: {gap.mean():.5f} "
+    f"+/- {gap.std():.5f})"
+)
 
 # %% [markdown]
 # Left: the training curve against the exact test NLL. Right: the per-map gap across

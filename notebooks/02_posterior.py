@@ -31,7 +31,7 @@ from _setup import BOX, GRID, TINY, lognormal_data, show, trained_run
 import fieldflow
 from fieldflow import inference
 from fieldflow.data import load_dataset
-from fieldflow.evaluation import plot_posteriors
+from fieldflow.plots import plot_posteriors
 
 data = load_dataset(lognormal_data())
 model = fieldflow.load(trained_run())
@@ -49,8 +49,9 @@ posteriors = {
     "exact": inference.exact_lognormal_posterior(x, grid, box=BOX),
 }
 for name, post in posteriors.items():
-    print(f"{name:6s} mean {np.round(post.mean, 3)}  std {np.round(post.std, 3)}  "
-          f"FoM {post.fom:.0f}")
+    print(
+        f"{name:6s} mean {np.round(post.mean, 3)}  std {np.round(post.std, 3)}  FoM {post.fom:.0f}"
+    )
 print("truth ", np.round(theta_true, 3))
 show(plot_posteriors(posteriors, theta_true=theta_true), "02_posterior.png")
 
@@ -66,11 +67,14 @@ per_map = {
     "P(k)": ps.posterior(maps, grid, per_map=True),
     "exact": inference.exact_lognormal_posterior(maps, grid, box=BOX, per_map=True),
 }
-print(f"{f'{m} maps':10s} {'median FoM':>11s} {'truth in 68%':>13s}  "
-      "|mean - exact mean| / exact std")
+print(
+    f"{f'{m} maps':10s} {'median FoM':>11s} {'truth in 68%':>13s}  |mean - exact mean| / exact std"
+)
 for name, posts in per_map.items():
     fom = np.median([p.fom for p in posts])
     cover = np.mean([inference.contains(p, t) for p, t in zip(posts, thetas, strict=True)])
-    shift = np.mean([np.abs(p.mean - e.mean) / e.std
-                     for p, e in zip(posts, per_map["exact"], strict=True)], axis=0)
+    shift = np.mean(
+        [np.abs(p.mean - e.mean) / e.std for p, e in zip(posts, per_map["exact"], strict=True)],
+        axis=0,
+    )
     print(f"{name:10s} {fom:11.0f} {cover:13.2f}  {np.round(shift, 2)}")

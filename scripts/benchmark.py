@@ -23,7 +23,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=5)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--json", action="store_true", help="JSON output (always on)")
     args = parser.parse_args(argv)
     result = speed_benchmark(args.sizes, args.batch, args.layers, args.hidden, args.repeats)
     print(json.dumps(result, indent=2))

@@ -18,9 +18,8 @@ import json
 import shutil
 from pathlib import Path
 
-from data_gen.dataset import generate_dataset
-from fieldflow.cli import train_run
 from fieldflow.train import TrainConfig
+from fieldflow.workflows import ensure_dataset, train_run
 
 
 def main(argv=None) -> dict:
@@ -49,46 +48,24 @@ def main(argv=None) -> dict:
 
     data_dir = args.out / f"data_{args.simulator}_{args.n}"
     extra = {"n_mesh": args.n_mesh} if args.simulator == "nbody" else {}
-    generate_dataset(
+    ensure_dataset(
         data_dir, args.simulator, args.n_sims, n=args.n, box=args.box, seed=args.seed, **extra
     )
     if args.fresh:
         for name in ("trenf", "realnvp"):
             shutil.rmtree(args.out / f"{name}_{args.simulator}_{args.n}", ignore_errors=True)
 
+    keys = ("test_nll_per_pixel", "exact_test_nll_per_pixel", "gap_nats_per_pixel",
+            "val_nll_per_pixel", "n_params", "wall_time_s", "steps_done", "run_dir")  # fmt: skip
+
     def run(name, steps, kwargs, max_seconds=None):
-        cfg = TrainConfig(
-            steps=steps,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            warmup_steps=100,
-            eval_every=250,
-            checkpoint_every=1000,
-            patience=None,
-            seed=args.seed,
-        )
+        cfg = TrainConfig(steps=steps, batch_size=args.batch_size, learning_rate=args.lr,
+                          warmup_steps=100, eval_every=250, checkpoint_every=1000, patience=None,
+                          seed=args.seed)  # fmt: skip
         run_dir = args.out / f"{name}_{args.simulator}_{args.n}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        s = train_run(
-            data_dir,
-            run_dir,
-            name,
-            kwargs,
-            cfg,
-            progress=False,
-            seed=args.seed,
-            max_seconds=max_seconds,
-        )
-        keys = (
-            "test_nll_per_pixel",
-            "exact_test_nll_per_pixel",
-            "gap_nats_per_pixel",
-            "val_nll_per_pixel",
-            "n_params",
-            "wall_time_s",
-            "steps_done",
-            "run_dir",
-        )
+        s = train_run(data_dir, run_dir, name, kwargs, cfg, progress=False, seed=args.seed,
+                      max_seconds=max_seconds)  # fmt: skip
         return {k: s[k] for k in keys if k in s}
 
     result = {"simulator": args.simulator, "n": args.n, "box": args.box, "n_sims": args.n_sims}

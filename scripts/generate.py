@@ -1,11 +1,12 @@
-"""Generate a data set: same options as ``python -m data_gen`` (see --help)."""
+"""Generate a data set; same options as ``fieldflow generate`` (see --help).
 
-import os
+python scripts/generate.py data/ln32 --simulator lognormal --n-sims 2048 --n 32 --n-fiducial 256
+python scripts/generate.py data/nb32 --simulator nbody --n-sims 512 --n 32   # resumable
+"""
+
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data_gen.__main__ import main  # noqa: E402
+from fieldflow.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["generate", *sys.argv[1:]]))

@@ -91,10 +91,11 @@ def test_bad_arguments(tmp_path):
 
 def test_nbody_dataset_and_cli(tmp_path):
     d = tmp_path / "pm"
-    rc = main([str(d), "--simulator", "nbody", "--n-sims", "2", "--n", "16", "--box", "256",
-               "--n-steps", "3", "--shard-size", "2", "--no-progress"])
-    assert rc == 0
+    # 16^3 particles, 10 steps, 2 simulations per shard: the simulator that
+    # test_data_gen_nbody.py compiles (one compile for both files)
+    args = ["--simulator", "nbody", "--n-sims", "2", "--n", "16", "--n-mesh", "16"]
+    args += ["--n-steps", "10", "--shard-size", "2", "--no-progress"]
+    assert main([str(d), *args, "--box", "256"]) == 0
     s = read_shard(d / "shard_00000.npz")
     assert s["maps"].shape == (8, 16, 16) and s["sim_id"].tolist() == [0] * 4 + [1] * 4
-    assert main([str(d), "--simulator", "nbody", "--n-sims", "2", "--n", "16", "--box", "128",
-                 "--no-progress"]) == 2
+    assert main([str(d), *args, "--box", "128"]) == 2

@@ -1,11 +1,10 @@
-"""fieldflow.data: splits by simulation, fiducial set, batches, errors."""
+"""fieldflow.data: splits by simulation, fiducial set, errors."""
 
-import jax
 import numpy as np
 import pytest
 
 from data_gen.dataset import make_config, write_shard
-from fieldflow.data import batch_iterator, load_dataset
+from fieldflow.data import load_dataset
 
 
 def _fake(tmp_path, n_sims=20, per=4):
@@ -18,10 +17,15 @@ def _fake(tmp_path, n_sims=20, per=4):
     (d / "manifest.json").write_text(json.dumps(cfg))
     for j, lo in enumerate(range(0, n_sims, 8)):
         ids = np.repeat(np.arange(lo, min(lo + 8, n_sims)), per)
-        write_shard(d / f"shard_{j:05d}.npz", {
-            "maps": np.broadcast_to(ids[:, None, None], (len(ids), 4, 4)).astype(np.float32),
-            "theta": np.tile([0.3, 0.8], (len(ids), 1)).astype(np.float32),
-            "sim_id": ids, "seed": ids.astype(np.uint32)})
+        write_shard(
+            d / f"shard_{j:05d}.npz",
+            {
+                "maps": np.broadcast_to(ids[:, None, None], (len(ids), 4, 4)).astype(np.float32),
+                "theta": np.tile([0.3, 0.8], (len(ids), 1)).astype(np.float32),
+                "sim_id": ids,
+                "seed": ids.astype(np.uint32),
+            },
+        )
     return d
 
 
@@ -44,27 +48,12 @@ def test_splits_by_simulation(tmp_path):
 def test_real_dataset_with_fiducial(tmp_path):
     from data_gen.dataset import generate_dataset
 
-    generate_dataset(tmp_path / "r", "lognormal", 10, progress=False, n=8, box=64.0,
-                     shard_size=4, n_fiducial=2)
+    generate_dataset(
+        tmp_path / "r", "lognormal", 10, progress=False, n=8, box=64.0, shard_size=4, n_fiducial=2
+    )
     ds = load_dataset(tmp_path / "r")
     assert sum(len(ds[k][0]) for k in ("train", "val", "test")) == 10
     assert ds["fiducial"][0].shape == (2, 8, 8)
-
-
-def test_batch_iterator(tmp_path):
-    maps = np.arange(10 * 4).reshape(10, 2, 2).astype(np.float32)
-    theta = np.arange(20).reshape(10, 2).astype(np.float32)
-    batches = list(batch_iterator(maps, theta, 3, 0))
-    assert len(batches) == 3 and all(b[0].shape == (3, 2, 2) for b in batches)
-    for m, t in batches:
-        np.testing.assert_array_equal(m[:, 0, 0] / 4, t[:, 0] / 2)  # pairs stay aligned
-    last = list(batch_iterator(maps, theta, 3, 0, shuffle=False, drop_last=False))
-    assert [len(b[0]) for b in last] == [3, 3, 3, 1] and last[0][0][0, 0, 0] == 0
-    a = [b[1] for b in batch_iterator(maps, theta, 5, jax.random.PRNGKey(4))]
-    b = [b[1] for b in batch_iterator(maps, theta, 5, jax.random.PRNGKey(4))]
-    np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))
-    with pytest.raises(ValueError, match="batch_size"):
-        next(batch_iterator(maps, theta, 0))
 
 
 def test_loader_errors(tmp_path):
@@ -77,3 +66,20 @@ def test_loader_errors(tmp_path):
     (d / "shard_00001.npz").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="corrupt shard .*shard_00001"):
         load_dataset(d)
+
+
+def test_ensure_dataset_reuses_a_complete_set_and_resumes_an_unfinished_one(tmp_path):
+    from fieldflow.workflows import ensure_dataset
+
+    kw = dict(n=8, box=64.0, shard_size=2, n_fiducial=2)  # compiled by the test above
+    d = tmp_path / "e"
+    cfg = ensure_dataset(d, "lognormal", 4, progress=False, **kw)
+    assert cfg["n_sims"] == 4 and (d / "fiducial" / "shard_00000.npz").is_file()
+    stamp = (d / "shard_00001.npz").stat().st_mtime_ns
+    assert ensure_dataset(d, "grf", 99, progress=False) == cfg  # complete: reused as it is
+    assert (d / "shard_00001.npz").stat().st_mtime_ns == stamp
+    (d / "shard_00001.npz").unlink()
+    (d / "fiducial" / "shard_00000.npz").unlink()
+    assert ensure_dataset(d, "lognormal", 4, progress=False, **kw) == cfg  # resumed
+    assert (d / "shard_00001.npz").is_file() and (d / "fiducial" / "shard_00000.npz").is_file()
+    assert len(load_dataset(d)["fiducial"][0]) == 2

@@ -1,14 +1,16 @@
-"""Sample-quality statistics and figures."""
+"""Sample-quality statistics, held-out simulations, a trained run with its data, figures."""
 
 from __future__ import annotations
 
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from fieldflow import evaluation as ev
 from fieldflow import inference as inf
+from fieldflow import plots
 
 
 def _maps(seed: int, num: int = 24, n: int = 16) -> np.ndarray:
@@ -57,15 +59,97 @@ def test_figures(tmp_path):
     g = inf.theta_grid(30, 30)
     d = g.points - np.array([0.3, 0.8])
     ll = (-0.5 * ((d[:, 0] / 0.03) ** 2 + (d[:, 1] / 0.06) ** 2)).reshape(g.shape)
-    posts = {"flow": inf.posterior_from_loglike(ll, g),
-             "P(k)": inf.posterior_from_loglike(ll / 3, g)}
+    posts = {
+        "flow": inf.posterior_from_loglike(ll, g),
+        "P(k)": inf.posterior_from_loglike(ll / 3, g),
+    }
     figs = {
-        "maps": ev.plot_maps_side_by_side(y, x, n=3),
-        "pk": ev.plot_power_spectra(q),
-        "pdf": ev.plot_pdf(q),
-        "peaks": ev.plot_peaks(q),
-        "post": ev.plot_posteriors(posts, theta_true=(0.3, 0.8)),
+        "maps": plots.plot_maps_side_by_side(y, x, n=3),
+        "pk": plots.plot_power_spectra(q),
+        "pdf": plots.plot_pdf(q),
+        "peaks": plots.plot_peaks(q),
+        "post": plots.plot_posteriors(posts, theta_true=(0.3, 0.8)),
     }
     for name, fig in figs.items():
         fig.savefig(tmp_path / f"{name}.png", dpi=50)
+        plt.close(fig)
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def run_and_data(tiny_run_dir, tiny_data_dir):
+    from fieldflow.workflows import load_run_and_data
+
+    return load_run_and_data(tiny_run_dir, tiny_data_dir)
+
+
+def test_load_run_and_data(run_and_data, tiny_run_dir, tmp_path):
+    from data_gen.dataset import generate_dataset
+    from fieldflow.workflows import ensure_run, load_run_and_data
+
+    cfg, model, splits = run_and_data
+    assert cfg["n"] == 16 and tuple(model.shape) == (16, 16)
+    assert {"train", "val", "test", "fiducial"} <= set(splits)
+    generate_dataset(tmp_path / "d8", "lognormal", 2, progress=False, n=8, box=64.0)
+    with pytest.raises(ValueError, match="n = 8"):
+        load_run_and_data(tiny_run_dir, tmp_path / "d8")
+    summary, seconds = ensure_run(tmp_path / "d8", tiny_run_dir)  # finished: reused as is
+    assert summary["reused"] and seconds == 0.0 and np.isfinite(summary["test_nll_per_pixel"])
+
+
+def test_held_out_sims_and_theory_check(run_and_data):
+    cfg, _, splits = run_and_data
+    fid = np.asarray([0.3, 0.8])
+    sims, source = ev.held_out_sims(cfg, splits, fid, 20, seed=0)
+    assert sims.shape == (20, 16, 16) and "16 maps of the data set's fiducial" in source
+    np.testing.assert_array_equal(sims[:16], splits["fiducial"][0])
+    assert "4 new lognormal simulations" in source
+    other, source = ev.held_out_sims(cfg, splits, np.asarray([0.4, 0.9]), 3, seed=0)
+    assert other.shape == (3, 16, 16) and "fiducial" not in source
+    train = splits["train"][0]
+    assert not any(np.array_equal(m, t) for m in other for t in train)
+    theory = ev.theory_check(cfg, fid, ev.sample_quality(sims, sims, cfg["box"]))
+    assert len(theory["expected_pk"]) == 8 and np.isfinite(
+        theory["max_abs_samples_dev_below_nyquist"]
+    )
+    assert ev.theory_check({**cfg, "simulator": "nbody"}, fid, {}) is None
+
+
+def test_sample_quality_benchmark_and_map_posteriors(run_and_data):
+    cfg, model, splits = run_and_data
+    lines = []
+    thetas = [("fiducial", (0.3, 0.8)), ("given", (0.4, 0.9))]
+    bench = ev.sample_quality_benchmark(model, cfg, splits, thetas, 8, log=lines.append)
+    assert [r["kind"] for r in bench["results"]] == ["fiducial", "given"] and len(lines) == 2
+    for row in bench["results"]:
+        assert row["n_samples"] == 8 and len(row["pk_ratio"]) == 8
+        assert np.isfinite(row["pk_max_abs_samples_over_theory_dev"])
+    assert isinstance(bench["all_passed"], bool)
+    json.dumps(bench)
+    assert [k for k, _ in ev.default_thetas()] == ["fiducial"] + ["interior"] * 4 + ["edge"] * 2
+    with pytest.raises(ValueError, match="at least 2"):
+        ev.sample_quality_benchmark(model, cfg, splits, thetas, 1)
+
+    grid = inf.theta_grid(6, 6)
+    x = splits["test"][0][0]
+    posts, notes = ev.map_posteriors(model, cfg, splits, x, grid, splits["fiducial"][0])
+    assert set(posts) == {"TRENF", "P(k)", "exact"} and notes == []
+    posts, notes = ev.map_posteriors(model, cfg, splits, x, grid)
+    assert set(posts) == {"TRENF", "exact"} and "no fiducial/ set" in notes[0]
+
+
+def test_calibration_diagnostics_of_every_likelihood(run_and_data):
+    cfg, model, splits = run_and_data
+    fid = np.asarray([0.3, 0.8])
+    sims, _ = ev.held_out_sims(cfg, splits, fid, 16, seed=0)
+    grid = inf.theta_grid(8, 8)
+    out, curves = ev.calibration_diagnostics(
+        model, cfg, splits, fid, sims, grid, n_coverage=3, cov_maps=splits["fiducial"][0]
+    )
+    assert set(curves) == {"TRENF", "P(k)", "exact"} and out["notes"] == []
+    for name in curves:
+        diag = out[name]
+        assert diag["score_test"]["n_maps"] == 16 and len(diag["score_test"]["mean_score"]) == 2
+        assert diag["coverage"]["n_maps"] == 3 and curves[name]["n_maps"] == 3
+        assert any("error bars are large" in w for w in diag["warnings"])
+    json.dumps(out)

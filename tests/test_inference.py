@@ -72,7 +72,8 @@ def test_posterior_prior_and_errors():
     np.testing.assert_allclose(flat.post, 1 / 100)
     assert flat.fom == pytest.approx(1 / (0.68 * 0.3 * 0.6), rel=1e-6)
     half = inf.posterior_from_loglike(
-        ll, g, log_prior=lambda t: np.where(t[:, 0] < 0.35, 0, -np.inf))
+        ll, g, log_prior=lambda t: np.where(t[:, 0] < 0.35, 0, -np.inf)
+    )
     assert half.post[g.om > 0.35].sum() == 0
     with pytest.raises(ValueError, match="shape"):
         inf.posterior_from_loglike(np.zeros((3, 3)), g)
@@ -156,6 +157,28 @@ def test_flow_posterior_checks_chunks_and_clips(tiny_flow):
         inf.flow_posterior(tiny_flow, nan, g)
 
 
+def test_flow_posterior_default_grid_spans_the_trained_range():
+    """The default grid is (Omega_m low..high) x (sigma_8 low..high) of the model's range,
+    not (low of both) x (high of both), which only coincide for the default range."""
+    model = TRENF(
+        (8, 8),
+        n_layers=1,
+        n_psi_bins=4,
+        hidden=(8,),
+        cond_low=(0.25, 0.6),
+        cond_high=(0.45, 1.0),
+        rngs=nnx.Rngs(3),
+    )
+    assert model.cond_low == (0.25, 0.6) and model.cond_high == (0.45, 1.0)
+    maps = np.random.default_rng(5).normal(0, 1, (2, 8, 8)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to clip
+        post = inf.flow_posterior(model, maps)
+    assert post.grid.om_range == (0.25, 0.45) and post.grid.s8_range == (0.6, 1.0)
+    assert post.grid.shape == (100, 100)
+    assert inf.model_theta_range(model) == ((0.25, 0.45), (0.6, 1.0))
+
+
 def test_grad_log_prob_theta_matches_autodiff(tiny_flow):
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(0, 1, (2, 8, 8)), jnp.float32)
@@ -164,11 +187,13 @@ def test_grad_log_prob_theta_matches_autodiff(tiny_flow):
     assert grad.shape == (2, 2)
     # central differences, all in one batch of 8: float32, so a small step, loose atol
     eps = 1e-3
-    steps = np.concatenate([s * eps * np.eye(2)[j][None].repeat(2, 0)
-                            for j in range(2) for s in (1, -1)])
+    steps = np.concatenate(
+        [s * eps * np.eye(2)[j][None].repeat(2, 0) for j in range(2) for s in (1, -1)]
+    )
     with jax.default_matmul_precision("highest"):  # no TF32 on GPUs
         lp8 = np.asarray(
-            tiny_flow.log_prob(jnp.tile(x, (4, 1, 1)), jnp.tile(theta, (4, 1)) + steps))
+            tiny_flow.log_prob(jnp.tile(x, (4, 1, 1)), jnp.tile(theta, (4, 1)) + steps)
+        )
         centre = np.asarray(tiny_flow.log_prob(jnp.tile(x, (4, 1, 1)), jnp.tile(theta, (4, 1))))
     lp8 = lp8.reshape(2, 2, 2)  # (column, sign, map)
     fd = (lp8[:, 0] - lp8[:, 1]).T / (2 * eps)
@@ -182,9 +207,11 @@ def test_exact_lognormal_posterior_peaks_near_truth():
     fn = inf.lognormal_log_like_fn(64.0)
     g = inf.theta_grid(20, 20)
     pw = np.asarray(fn(x, g.points))  # the (maps, theta) shape the posterior uses below
-    ref = np.stack([np.asarray(data_gen.lognormal_log_likelihood(x, t, box=64.0))
-                    for t in g.points[::97]], axis=1)
-    np.testing.assert_allclose(pw[:, ::97], ref, rtol=1e-5)
+    ref = np.stack(
+        [np.asarray(data_gen.lognormal_log_likelihood(x, t, box=64.0)) for t in g.points[::97]],
+        axis=1,
+    )
+    np.testing.assert_allclose(pw[:, ::97], ref, rtol=1e-5, atol=1e-3)  # float32 nats
     post = inf.exact_lognormal_posterior(x, g, box=64.0)
     z = (post.mean - truth) / post.std
     assert np.all(np.abs(z) < 3), (post.mean, post.std)
@@ -203,10 +230,19 @@ def test_hartlap_factor_debiases_inverse_covariance():
     a = rng.normal(size=(n_b, n_b))
     cov = a @ a.T + n_b * np.eye(n_b)
     chol = np.linalg.cholesky(cov)
-    inv = np.mean([np.linalg.inv(np.cov(rng.normal(size=(n_s, n_b)) @ chol.T, rowvar=False))
-                   for _ in range(3000)], axis=0)
-    np.testing.assert_allclose(inf.hartlap_factor(n_s, n_b) * inv, np.linalg.inv(cov),
-                               rtol=0.05, atol=0.03 * np.abs(np.linalg.inv(cov)).max())
+    inv = np.mean(
+        [
+            np.linalg.inv(np.cov(rng.normal(size=(n_s, n_b)) @ chol.T, rowvar=False))
+            for _ in range(3000)
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(
+        inf.hartlap_factor(n_s, n_b) * inv,
+        np.linalg.inv(cov),
+        rtol=0.05,
+        atol=0.03 * np.abs(np.linalg.inv(cov)).max(),
+    )
 
 
 def test_power_spectrum_likelihood_on_grf_maps():
@@ -217,17 +253,22 @@ def test_power_spectrum_likelihood_on_grf_maps():
     train, fid = maps[:256], maps[256:]
     ps = inf.PowerSpectrumLikelihood.fit(train, theta, fid, box)
     assert ps.n_bins == n // 2 and ps.hartlap == pytest.approx((60 - 8 - 2) / 59)
+    assert isinstance(ps.emulator, inf.PowerSpectrumEmulator)
+    np.testing.assert_array_equal(ps.mean(theta[:5]), ps.emulator.mean(theta[:5]))
+    assert ps.edges is ps.emulator.edges and ps.fit_report["n_fiducial"] == 60
     d = ps.data_vector(fid)
     np.testing.assert_allclose(ps.cov, np.cov(d, rowvar=False), rtol=1e-10)
     np.testing.assert_allclose(ps.precision, ps.hartlap * np.linalg.inv(ps.cov), rtol=1e-8)
     # the emulator: the fiducial mean, and P proportional to sigma_8^2 for a GRF
     se = d.std(0) / np.sqrt(len(d))
     assert np.all(np.abs(ps.mean([0.3, 0.8])[0] - d.mean(0)) < 4 * se + 0.05 * d.mean(0))
-    np.testing.assert_allclose(ps.mean([0.3, 1.0]) / ps.mean([0.3, 0.8]), (1.0 / 0.8) ** 2,
-                               rtol=0.1)  # 256 noisy training maps
+    np.testing.assert_allclose(
+        ps.mean([0.3, 1.0]) / ps.mean([0.3, 0.8]), (1.0 / 0.8) ** 2, rtol=0.1
+    )  # 256 noisy training maps
     # pairs vs pairwise, and a posterior of the stack near the truth
-    np.testing.assert_allclose(ps(fid[:3], np.tile([0.3, 0.8], (3, 1))),
-                               ps.pairwise(fid[:3], [[0.3, 0.8]])[:, 0])
+    np.testing.assert_allclose(
+        ps(fid[:3], np.tile([0.3, 0.8], (3, 1))), ps.pairwise(fid[:3], [[0.3, 0.8]])[:, 0]
+    )
     post = ps.posterior(fid[:20], inf.theta_grid(20, 20))
     assert np.all(np.abs(post.mean - [0.3, 0.8]) < 3 * post.std + 0.02)
     with pytest.raises(ValueError, match="fiducial simulations"):

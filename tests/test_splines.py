@@ -13,16 +13,22 @@ from fieldflow.splines import (
 
 BOUND = 3.0
 
+# The tests run the splines jitted, as the models do: one compile per function and shape
+# instead of one per primitive (eager op-by-op), which made this file slow.
+forward = jax.jit(rq_forward)
+inverse = jax.jit(rq_inverse)
+knots_of = jax.jit(rq_knots, static_argnums=1)
+
 
 def random_knots(seed, n_bins=8, batch=4, scale=2.0):
     raw = scale * jax.random.normal(jax.random.key(seed), (batch, 3 * n_bins - 1))
-    return rq_knots(raw, BOUND)
+    return knots_of(raw, BOUND)
 
 
 def test_identity_parameters_give_identity():
-    knots = rq_knots(jnp.asarray(rq_identity_params(6))[None], BOUND)
+    knots = knots_of(jnp.asarray(rq_identity_params(6))[None], BOUND)
     x = jnp.linspace(-5, 5, 101)[None]
-    y, logd = rq_forward(x, knots)
+    y, logd = forward(x, knots)
     np.testing.assert_allclose(y, x, atol=1e-5)
     np.testing.assert_allclose(logd, 0.0, atol=1e-5)
 
@@ -31,27 +37,31 @@ def test_identity_parameters_give_identity():
 def test_round_trip_and_log_derivative(scale):
     knots = random_knots(0, scale=scale)
     x = jax.random.uniform(jax.random.key(1), (4, 500), minval=-4.0, maxval=4.0)
-    y, logd = rq_forward(x, knots)
-    x_back, logd_inv = rq_inverse(y, knots)
+    y, logd = forward(x, knots)
+    x_back, logd_inv = inverse(y, knots)
     # float32 round-off in y, divided by the local slope, bounds the error in x
     np.testing.assert_allclose((x_back - x) * jnp.exp(logd), 0.0, atol=1e-5 * scale**2)
-    np.testing.assert_allclose(rq_forward(x_back, knots)[0], y, atol=1e-5 * scale**2)
+    np.testing.assert_allclose(forward(x_back, knots)[0], y, atol=1e-5 * scale**2)
     if scale == 1.0:  # well-conditioned: exact in x and in the log-derivative too
         np.testing.assert_allclose(x_back, x, atol=1e-4)
         np.testing.assert_allclose(logd_inv, logd, atol=1e-4)
+
     # elementwise map: a JVP with ones is the diagonal of the Jacobian
-    _, dydx = jax.jvp(lambda v: rq_forward(v, knots)[0], (x,), (jnp.ones_like(x),))
+    def diagonal(v, k):
+        return jax.jvp(lambda u: rq_forward(u, k)[0], (v,), (jnp.ones_like(v),))[1]
+
+    dydx = jax.jit(diagonal)(x, knots)
     np.testing.assert_allclose(jnp.log(dydx), logd, atol=1e-3)
 
 
 def test_monotone_continuous_and_identity_outside():
     knots = random_knots(2, scale=3.0)
     x = jnp.broadcast_to(jnp.linspace(-6, 6, 4001), (4, 4001))
-    y, _ = rq_forward(x, knots)
+    y, _ = forward(x, knots)
     assert bool(jnp.all(jnp.diff(y, axis=-1) > 0))
     xk, yk, _ = knots  # continuous: each knot maps onto its knot from both sides
     for eps in (-1e-4, 0.0, 1e-4):
-        np.testing.assert_allclose(rq_forward(xk + eps, knots)[0], yk, atol=1e-4 * 50)
+        np.testing.assert_allclose(forward(xk + eps, knots)[0], yk, atol=1e-4 * 50)
     outside = jnp.abs(x) > BOUND
     np.testing.assert_allclose(jnp.where(outside, y - x, 0.0), 0.0, atol=1e-6)
 
@@ -66,10 +76,10 @@ def test_extreme_parameters_stay_finite_with_finite_gradients():
         y, logd = rq_forward(x, rq_knots(raw, BOUND))
         return jnp.sum(y) + jnp.sum(logd)
 
-    value, grads = jax.value_and_grad(total, argnums=(0, 1))(raw, x)
+    value, grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(raw, x)
     assert np.isfinite(float(value))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
-    x_back, _ = rq_inverse(rq_forward(x, rq_knots(raw, BOUND))[0], rq_knots(raw, BOUND))
+    x_back, _ = inverse(forward(x, knots_of(raw, BOUND))[0], knots_of(raw, BOUND))
     assert bool(jnp.all(jnp.isfinite(x_back)))
 
 
@@ -100,11 +110,15 @@ def test_hand_written_derivatives_match_autodiff():
 
     plain = loss(lambda v, k: _rq_parts(v, k)[0])
     fast = loss(rq_forward)
-    for got, want in zip(
-        jax.grad(fast, argnums=(0, 1))(raw, x), jax.grad(plain, argnums=(0, 1))(raw, x), strict=True
-    ):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+    @jax.jit  # one compile for all four derivatives
+    def derivatives(raw, x, tangents):
+        grads = [jax.grad(f, argnums=(0, 1))(raw, x) for f in (fast, plain)]
+        jvps = [jax.jvp(f, (raw, x), tangents)[1] for f in (fast, plain)]
+        return grads, jvps
+
     tangents = (jax.random.normal(jax.random.key(5), raw.shape), jnp.ones_like(x))
-    np.testing.assert_allclose(
-        jax.jvp(fast, (raw, x), tangents)[1], jax.jvp(plain, (raw, x), tangents)[1], rtol=1e-4
-    )
+    (grad_fast, grad_plain), (jvp_fast, jvp_plain) = derivatives(raw, x, tangents)
+    for got, want in zip(grad_fast, grad_plain, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+    np.testing.assert_allclose(jvp_fast, jvp_plain, rtol=1e-4)

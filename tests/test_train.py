@@ -1,10 +1,13 @@
 """Training loop, checkpoints, resume and data parallelism, on tiny maps."""
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +32,7 @@ def toy_data(m=48, seed=0):
 
 
 def small_model(seed=0, **kw):
+    kw = {"data_shift": 0.5, "data_scale": 0.8, **kw}
     return TRENF((N, N), n_layers=2, hidden=(16,), n_t_knots=4, rngs=nnx.Rngs(seed), **kw)
 
 
@@ -43,29 +47,65 @@ CFG = TrainConfig(
 )
 
 
-def test_fit_lowers_validation_nll_and_writes_run(tmp_path):
+def splits():
     maps, theta = toy_data()
-    model = small_model(data_shift=0.5, data_scale=0.8)
-    before = -float(model.log_prob(maps[40:], theta[40:]).mean()) / N**2
-    result = fit(
-        model,
-        (maps[:40], theta[:40]),
-        (maps[40:], theta[40:]),
-        CFG,
-        run_dir=tmp_path,
-        progress=False,
-    )
-    assert result.best_val_nll < before - 0.01
+    return (maps[:40], theta[:40]), (maps[40:], theta[40:])
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted 30-step run, shared (read-only) by the tests below; the XLA
+    compilations during ``fit`` are logged. Each ``fit`` compiles its own step, so sharing
+    the run saves compiles."""
+    train, val = splits()
+    before = -float(small_model().log_prob(*val).mean()) / N**2
+    run_dir = tmp_path_factory.mktemp("full")
+    log = _Messages()
+    logger = logging.getLogger("jax._src.dispatch")
+    logger.addHandler(log)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        result = fit(small_model(), train, val, CFG, run_dir=run_dir, progress=False)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(log)
+    compiled = [m for m in log.messages if "compilation of" in m]
+    return SimpleNamespace(result=result, run_dir=run_dir, before=before, compiled=compiled)
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """The same run stopped after step 20 (as an interruption would); tests copy it before
+    resuming."""
+    train, val = splits()
+    run_dir = tmp_path_factory.mktemp("part")
+    result = fit(small_model(), train, val, CFG, run_dir=run_dir, progress=False, stop_at_step=20)
+    return SimpleNamespace(result=result, run_dir=run_dir)
+
+
+def test_fit_lowers_validation_nll_and_writes_run(full_run):
+    maps, theta = toy_data()
+    result, run_dir, model = full_run.result, full_run.run_dir, full_run.result.model
+    assert result.best_val_nll < full_run.before - 0.01
     assert result.steps_done == 30 and not result.diverged
     for name in ("model.json", "history.json", "history.csv", "loss.png"):
-        assert (tmp_path / name).is_file(), name
-    history = json.loads((tmp_path / "history.json").read_text())
+        assert (run_dir / name).is_file(), name
+    history = json.loads((run_dir / "history.json").read_text())
     assert [r["step"] for r in history["eval"]] == [10, 20, 30]
     assert np.isclose(
         history["eval"][0]["val_bits_per_dim"], history["eval"][0]["val_nll_per_pixel"] / np.log(2)
     )
     # the returned model holds the best parameters, and load() gives the same model back
-    loaded = fieldflow.load(tmp_path)
+    loaded = fieldflow.load(run_dir)
     np.testing.assert_allclose(
         loaded.log_prob(maps[40:], theta[40:]), model.log_prob(maps[40:], theta[40:]), rtol=1e-6
     )
@@ -74,17 +114,15 @@ def test_fit_lowers_validation_nll_and_writes_run(tmp_path):
     )
 
 
-def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tmp_path):
-    maps, theta = toy_data()
-    train, val = (maps[:40], theta[:40]), (maps[40:], theta[40:])
-    full = fit(small_model(), train, val, CFG, run_dir=tmp_path / "full", progress=False)
-    part = fit(
-        small_model(), train, val, CFG, run_dir=tmp_path / "part", progress=False, stop_at_step=20
-    )
-    assert part.steps_done == 20
-    resumed = fit(
-        small_model(), train, val, CFG, run_dir=tmp_path / "part", resume=True, progress=False
-    )
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(
+    full_run, interrupted_run, tmp_path
+):
+    train, val = splits()
+    full = full_run.result
+    assert interrupted_run.result.steps_done == 20
+    part_dir = tmp_path / "part"
+    shutil.copytree(interrupted_run.run_dir, part_dir)
+    resumed = fit(small_model(), train, val, CFG, run_dir=part_dir, resume=True, progress=False)
     assert resumed.steps_done == 30
     assert resumed.history["eval"] == full.history["eval"]
     for a, b in zip(
@@ -95,46 +133,44 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_refuses_another_configuration_and_fresh_run_refuses_old_dir(tmp_path):
-    maps, theta = toy_data()
-    train, val = (maps[:40], theta[:40]), (maps[40:], theta[40:])
-    fit(small_model(), train, val, CFG, run_dir=tmp_path, progress=False, stop_at_step=10)
+def test_resume_refuses_another_configuration_and_fresh_run_refuses_old_dir(interrupted_run):
+    train, val = splits()
+    run_dir = interrupted_run.run_dir
     with pytest.raises(ValueError, match="cannot resume"):
         fit(
             small_model(n_psi_bins=4),
             train,
             val,
             CFG,
-            run_dir=tmp_path,
+            run_dir=run_dir,
             resume=True,
             progress=False,
         )
     with pytest.raises(ValueError, match="already holds checkpoints"):
-        fit(small_model(), train, val, CFG, run_dir=tmp_path, progress=False)
+        fit(small_model(), train, val, CFG, run_dir=run_dir, progress=False)
 
 
-def test_load_refuses_truncated_or_foreign_directories(tmp_path):
+def test_load_refuses_truncated_or_foreign_directories(full_run, tmp_path):
     with pytest.raises(ValueError, match="not a fieldflow run directory"):
         load(tmp_path)
-    maps, theta = toy_data()
-    fit(
-        small_model(),
-        (maps[:40], theta[:40]),
-        (maps[40:], theta[40:]),
-        CFG,
-        run_dir=tmp_path,
-        progress=False,
-    )
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_run.run_dir, run_dir)
     # truncate: remove the array data of every checkpoint
-    for root, _, files in os.walk(tmp_path):
+    for root, _, files in os.walk(run_dir):
         for f in files:
-            if root != str(tmp_path) and not f.endswith(".json"):
+            if root != str(run_dir) and not f.endswith(".json"):
                 os.remove(os.path.join(root, f))
     with pytest.raises(ValueError, match="truncated, corrupt"):
-        load(tmp_path)
-    (tmp_path / "model.json").write_text("{not json")
+        load(run_dir)
+    (run_dir / "model.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt"):
-        load(tmp_path)
+        load(run_dir)
+
+
+def test_train_and_eval_steps_compile_once(full_run):
+    compiled = full_run.compiled
+    assert sum("jit(step)" in m for m in compiled) == 1, compiled
+    assert sum("jit(nll_sum)" in m for m in compiled) == 1, compiled
 
 
 def test_divergence_stops_and_keeps_last_good_parameters(tmp_path):
@@ -161,7 +197,7 @@ def test_divergence_stops_and_keeps_last_good_parameters(tmp_path):
     "train, match",
     [
         ((np.zeros((0, N, N)), np.zeros((0, 2))), "empty"),
-        ((np.zeros((4, N, N + 1)), np.zeros((4, 2))), "shape"),
+        ((np.zeros((4, N, N + 1)), np.zeros((4, 2))), "shape|square"),
         ((np.zeros((4, N, N)), np.zeros((3, 2))), "theta"),
         ((np.full((4, N, N), np.nan), np.zeros((4, 2))), "NaN"),
     ],
@@ -181,7 +217,7 @@ def test_bad_train_config_raises():
 
 def test_lattice_augmentation_permutes_pixels():
     x = jax.random.normal(jax.random.key(0), (6, N, N))
-    y = random_lattice_symmetry(jax.random.key(1), x)
+    y = jax.jit(random_lattice_symmetry)(jax.random.key(1), x)  # jitted, as in training
     assert y.shape == x.shape
     np.testing.assert_allclose(jnp.sort(y.reshape(6, -1), 1), jnp.sort(x.reshape(6, -1), 1))
     assert float(jnp.max(jnp.abs(y - x))) > 0.1
@@ -202,7 +238,7 @@ def test_data_parallel_training_matches_one_device():
         theta = np.tile(np.float32([[0.3, 0.8]]), (32, 1))
         out = {}
         for dp in (True, False):
-            m = TRENF((8, 8), n_layers=2, hidden=(8,), n_t_knots=4, rngs=nnx.Rngs(0))
+            m = TRENF((8, 8), n_layers=1, hidden=(8,), n_t_knots=4, rngs=nnx.Rngs(0))
             cfg = TrainConfig(steps=10, batch_size=8, eval_every=5, data_parallel=dp)
             r = fit(m, (maps[:24], theta[:24]), (maps[24:], theta[24:]), cfg, progress=False)
             out[str(dp)] = [e["val_nll_per_pixel"] for e in r.history["eval"]]
@@ -216,18 +252,3 @@ def test_data_parallel_training_matches_one_device():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["True"], out["False"], rtol=1e-5)
-
-
-def test_train_and_eval_steps_compile_once(caplog):
-    maps, theta = toy_data()
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level("WARNING", logger="jax._src.dispatch"):
-            fit(
-                small_model(), (maps[:40], theta[:40]), (maps[40:], theta[40:]), CFG, progress=False
-            )
-    finally:
-        jax.config.update("jax_log_compiles", False)
-    compiled = [r.getMessage() for r in caplog.records if "compilation of" in r.getMessage()]
-    assert sum("jit(step)" in m for m in compiled) == 1, compiled
-    assert sum("jit(nll_sum)" in m for m in compiled) == 1, compiled

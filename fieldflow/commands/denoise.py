@@ -1,43 +1,41 @@
-#!/usr/bin/env python
-"""Reconstruct masked, noisy maps with the Wiener filter and a flow (or exact) MAP.
+"""``fieldflow denoise``: reconstruct masked, noisy maps with the Wiener filter and a flow
+(or exact) MAP.
 
-Examples:
-    # truth maps -> synthetic observation (20% mask, noise at half the pixel std),
-    # Wiener filter from the P(k) at theta, MAP under a trained flow
-    python scripts/denoise.py data/lognormal_test.npz --out out/denoise \\
-        --model runs/trenf --theta 0.3 0.8 --box 256 --masked-fraction 0.2 --noise-fraction 0.5
+Input: an .npz with ``maps`` (B, N, N) or ``map`` (N, N), optionally ``theta`` and ``box``.
+True maps become a synthetic observation (a survey mask, ``--masked-fraction``, and white
+noise, ``--noise-fraction`` of the maps' pixel std or ``--noise-sigma``); ``--observed``
+maps are the data themselves; ``--mask-file`` holds ``mask`` (N, N) (1 = observed) and
+optionally ``noise_var``. The Wiener filter's signal power comes from ``--pk-file`` (``pk``
+binned on fieldflow.fourier.k_bin_edges, or ``pk_half`` on the rfft2 half plane) or from
+theta through data_gen's P_2D (the first map's theta).
 
-    # exact lognormal prior instead of a flow (the benchmark's reference); "lognormal"
-    # is the MAP in delta, "lognormal-latent" the MAP of the Gaussian field g = log(1+delta)
-    python scripts/denoise.py data/lognormal_test.npz --out out/denoise_exact --prior lognormal
+Priors of the MAP: ``flow`` is the data-space MAP argmax_s [-|d - M s|^2_N / 2 +
+log p_flow(s | theta)]; ``flow-latent`` the latent MAP s = f^-1(z_hat), z_hat = argmax_z
+[-|d - M f^-1(z)|^2_N / 2 - |z|^2 / 2]; ``lognormal`` / ``lognormal-latent`` the exact
+lognormal prior in delta / of g = log(1 + delta); ``gaussian`` the Wiener filter's Gaussian.
 
-    # the file already holds observations; mask and noise from a file
-    python scripts/denoise.py obs.npz --observed --mask-file survey.npz --out out/real
-
-Inputs: an .npz with ``maps`` (B, N, N) or ``map`` (N, N), optionally ``theta`` (B, 2)
-or (2,) and ``box``. A mask file holds ``mask`` (N, N) (1 = observed) and optionally
-``noise_var`` (scalar or (N, N)). The signal power for the Wiener filter comes from
-``--pk-file`` (``pk`` binned on fieldflow.fourier.k_bin_edges, or ``pk_half`` on the
-rfft2 half plane, in (h^-1 Mpc)^2) or else from theta through data_gen's P_2D (the
-first map's theta: one spectrum per run).
-
-Outputs in --out: wiener.npz, map.npz (when a prior is used), observation.npz,
-summary.json (settings, convergence, r(k), residual P(k), pixel MSE inside/outside the
-mask), denoise.png (the first map).
+Writes to --out: observation.npz, wiener.npz, map.npz (with a prior), summary.json
+(settings, convergence, r(k), residual P(k), pixel MSE inside / outside the mask) and
+denoise.png (the first map).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
+from fieldflow.commands import subparser
+
+HELP = "reconstruct masked, noisy maps: Wiener filter and flow (or exact) MAP"
+EXAMPLES = [
+    "fieldflow denoise data/lognormal/shard_00000.npz --out out/denoise --model runs/trenf "
+    "--prior flow-latent --index 0 --masked-fraction 0.2 --noise-fraction 1.0 --steps 100",
+    "fieldflow denoise data/lognormal/shard_00000.npz --out out/denoise_exact --index 0 1 "
+    "--prior lognormal-latent --steps 100 --no-plot",
+]
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_parser(subparsers):
+    p = subparser(subparsers, "denoise", HELP, EXAMPLES, __doc__)
     p.add_argument("maps", type=Path, help=".npz with 'maps' (B, N, N) or 'map' (N, N)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--index", type=int, nargs="*", help="which maps of the file (default all)")
@@ -68,7 +66,7 @@ def parse_args(argv=None):
     g.add_argument("--noise-seed", type=int, default=1)
     r = p.add_argument_group("reconstruction")
     r.add_argument("--pk-file", type=Path, help=".npz with 'pk' (binned) or 'pk_half'")
-    r.add_argument("--model", type=Path, help="trained flow run directory (fieldflow.load)")
+    r.add_argument("--model", type=Path, help="trained flow run directory")
     r.add_argument(
         "--prior",
         choices=["flow", "flow-latent", "lognormal", "lognormal-latent", "gaussian", "none"],
@@ -83,252 +81,113 @@ def parse_args(argv=None):
     r.add_argument("--cg-tol", type=float, default=1e-6)
     r.add_argument("--cg-max-iter", type=int, default=1000)
     r.add_argument("--no-plot", action="store_true")
-    return p.parse_args(argv)
+    return p
 
 
-def fail(msg: str) -> None:
-    print(f"fieldflow denoise: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+def _select(maps, theta, index):
+    """The maps (and theta rows) of ``index`` (None: all)."""
+    if not index:
+        return maps, theta
+    bad = [i for i in index if not -len(maps) <= i < len(maps)]
+    if bad:
+        raise ValueError(f"--index {bad[0]} is out of range for {len(maps)} maps")
+    return maps[index], None if theta is None else theta[index]
 
 
-def load_maps(path: Path, index):
-    if not path.exists():
-        fail(f"map file {path} does not exist")
-    with np.load(path) as f:
-        if "maps" in f:
-            maps = np.asarray(f["maps"], np.float32)
-        elif "map" in f:
-            maps = np.asarray(f["map"], np.float32)[None]
-        else:
-            fail(f"{path} has neither 'maps' nor 'map' (keys: {sorted(f.files)})")
-        theta = np.asarray(f["theta"], np.float32) if "theta" in f else None
-        box = float(f["box"]) if "box" in f else None
-    if maps.ndim != 3 or maps.shape[1] != maps.shape[2]:
-        fail(f"maps must be (B, N, N) square, got {maps.shape}")
-    if index:
-        maps = maps[index]
-        if theta is not None and theta.ndim == 2:
-            theta = theta[index]
-    return maps, theta, box
+def run(args) -> dict:
+    import numpy as np
 
+    from fieldflow.denoise import reconstruct as rc
+    from fieldflow.io import read_maps, save_npz, to_jsonable, write_json
 
-def load_model(path: Path):
-    import fieldflow
-
-    loader = getattr(fieldflow, "load", None)
-    if loader is None:
-        try:
-            from fieldflow.checkpoint import load as loader
-        except ImportError:
-            fail("this fieldflow has no model loader (fieldflow.load); train a model first")
-    if not path.exists():
-        fail(f"model directory {path} does not exist")
-    return loader(path)
-
-
-def signal_power(args, n, box, theta):
-    from fieldflow import denoise as dn
-
-    if args.pk_file is not None:
-        with np.load(args.pk_file) as f:
-            if "pk_half" in f:
-                return dn.signal_power_from_pk(np.asarray(f["pk_half"]), n, box)
-            if "pk" in f:
-                return dn.signal_power_from_pk(np.asarray(f["pk"]).ravel(), n, box)
-        fail(f"{args.pk_file} has neither 'pk' nor 'pk_half'")
-    if theta is None:
-        fail("need --theta (or theta in the map file) or --pk-file for the Wiener filter")
-    try:
-        from data_gen import power_2d_grid
-    except ImportError:
-        fail("data_gen is not available: give the signal power with --pk-file")
-    pk_half = np.asarray(power_2d_grid(np.asarray(theta[0]), n, box))[0]
-    return dn.signal_power_from_pk(pk_half, n, box)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from fieldflow import denoise as dn
-    from fieldflow.masks import make_mask
-
-    maps, file_theta, file_box = load_maps(args.maps, args.index)
+    maps, file_theta, extra = read_maps(args.maps)
+    maps, file_theta = _select(maps, file_theta, args.index)
     b, n = maps.shape[0], maps.shape[-1]
-    box = args.box or file_box or 256.0
+    box = float(args.box or extra.get("box") or 256.0)
     if args.theta is not None:
         theta = np.tile(np.asarray(args.theta, np.float32), (b, 1))
     elif file_theta is not None:
-        theta = np.broadcast_to(np.atleast_2d(file_theta), (b, 2)).astype(np.float32)
+        theta = np.broadcast_to(file_theta, (b, 2)).astype(np.float32)
     else:
         theta = None
-
-    # ---- observation
-    noise_var = None
-    if args.mask_file is not None:
-        with np.load(args.mask_file) as f:
-            if "mask" not in f:
-                fail(f"{args.mask_file} has no 'mask'")
-            mask = np.asarray(f["mask"], np.float32)
-            if "noise_var" in f:
-                noise_var = np.asarray(f["noise_var"], np.float32)
-    else:
-        import jax
-
-        try:
-            mask = np.asarray(make_mask(jax.random.key(args.mask_seed), n, args.masked_fraction))
-        except ValueError as err:
-            fail(str(err))
-    if noise_var is None:
-        sigma = args.noise_sigma
-        if sigma is None:
-            sigma = args.noise_fraction * float(maps.std())
-        noise_var = np.float32(sigma**2)
-    if args.observed:
-        truth, data = None, maps
-    else:
-        truth = maps
-        rng = np.random.default_rng(args.noise_seed)
-        data = (mask * (maps + np.sqrt(noise_var) * rng.standard_normal(maps.shape))).astype(
-            np.float32
-        )
-
-    # ---- prior
+    truth, data, mask, noise_var = rc.prepare_observation(
+        maps,
+        observed=args.observed,
+        mask_file=args.mask_file,
+        masked_fraction=args.masked_fraction,
+        mask_seed=args.mask_seed,
+        noise_sigma=args.noise_sigma,
+        noise_fraction=args.noise_fraction,
+        noise_seed=args.noise_seed,
+    )
     prior = args.prior or ("flow" if args.model is not None else "none")
-    if prior == "flow" and args.model is None:
-        fail("--prior flow needs --model")
-    s_half = signal_power(args, n, box, theta)
-    args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        t0 = time.time()
-        wf = dn.wiener_filter(
-            data, mask, noise_var, s_half, tol=args.cg_tol, max_iter=args.cg_max_iter
-        )
-        t_wf = time.time() - t0
-        result = None
-        if prior != "none":
-            kwargs = {}
-            cond = None
-            if prior in ("flow", "flow-latent"):
-                if args.model is None:
-                    fail(f"--prior {prior} needs --model RUN_DIR")
-                model = load_model(args.model)
-                log_prior = model.log_prob
-                if getattr(model, "cond_dim", 0):
-                    if theta is None:
-                        fail("the flow is conditional: give --theta")
-                    cond = theta
-            elif prior.startswith("lognormal"):
-                if theta is None:
-                    fail("the lognormal prior needs --theta")
-                log_prior = dn.lognormal_log_prior(theta, box, jacobian=prior == "lognormal")
-                cond = theta if args.fit_theta else None
-                kwargs["parametrization"] = "log1p"
-            else:
-                log_prior = dn.gaussian_log_prior(s_half)
-            if args.fit_theta:
-                if cond is None:
-                    fail("--fit-theta needs a conditional prior and a starting theta")
-                if prior.startswith("lognormal"):
-                    from data_gen import OMEGA_M_RANGE, SIGMA8_RANGE
+    if prior in ("flow", "flow-latent") and args.model is None:
+        raise ValueError(f"--prior {prior} needs --model RUN_DIR")
+    s_half = rc.wiener_signal_power(n, box, pk_file=args.pk_file, theta=theta)
+    model = None
+    if prior in ("flow", "flow-latent"):
+        from fieldflow.checkpoint import load
 
-                    kwargs["theta_bounds"] = (
-                        (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
-                        (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
-                    )
-            t0 = time.time()
-            if prior == "flow-latent":
-                result = dn.flow_latent_map(
-                    model,
-                    data,
-                    mask,
-                    noise_var,
-                    cond=cond,
-                    init=wf.field,
-                    steps=args.steps,
-                    gtol=args.gtol,
-                )
-            else:
-                result = dn.flow_map(
-                    log_prior,
-                    data,
-                    mask,
-                    noise_var,
-                    init=wf.field,
-                    cond=cond,
-                    steps=args.steps,
-                    gtol=args.gtol,
-                    optimizer=args.optimizer,
-                    learning_rate=args.learning_rate,
-                    fit_theta=args.fit_theta,
-                    **kwargs,
-                )
-            t_map = time.time() - t0
-    except ValueError as err:
-        fail(str(err))
+        if not args.model.is_dir():
+            raise FileNotFoundError(f"model directory {args.model} does not exist")
+        model = load(args.model)
+    rec = rc.reconstruct(
+        data,
+        mask,
+        noise_var,
+        s_half,
+        prior=prior,
+        model=model,
+        theta=theta,
+        box=box,
+        steps=args.steps,
+        gtol=args.gtol,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        fit_theta=args.fit_theta,
+        cg_tol=args.cg_tol,
+        cg_max_iter=args.cg_max_iter,
+    )
 
-    # ---- outputs
-    np.savez(args.out / "observation.npz", data=data, mask=mask, noise_var=noise_var)
-    np.savez(
-        args.out / "wiener.npz",
+    out = Path(args.out)
+    wf, res = rec.wiener, rec.map
+    save_npz(out / "observation.npz", data=data, mask=mask, noise_var=noise_var)
+    save_npz(
+        out / "wiener.npz",
         field=np.asarray(wf.field),
         iterations=np.asarray(wf.iterations),
         residual=np.asarray(wf.residual),
     )
-    summary = {
-        "input": str(args.maps),
-        "n_maps": b,
-        "n": n,
-        "box": box,
-        "theta": None if theta is None else theta.tolist(),
-        "masked_fraction": float(1.0 - mask.mean()),
-        "noise_var": np.asarray(noise_var).mean().item(),
-        "prior": prior,
-        "wiener": {
-            "iterations": np.asarray(wf.iterations).tolist(),
-            "residual": np.asarray(wf.residual).tolist(),
-            "converged": np.asarray(wf.converged).tolist(),
-            "seconds": t_wf,
-        },
-    }
-    if result is not None:
-        np.savez(
-            args.out / "map.npz",
-            field=np.asarray(result.field),
-            **({} if result.theta is None else {"theta": np.asarray(result.theta)}),
-        )
-        summary["map"] = {
-            "iterations": result.iterations,
-            "stopped": result.stopped,
-            "grad_norm": np.asarray(result.grad_norm).tolist(),
-            "converged": np.asarray(result.converged).tolist(),
-            "objective_nats": np.asarray(result.objective).tolist(),
-            "seconds": t_map,
-            "theta": None if result.theta is None else np.asarray(result.theta).tolist(),
+    if res is not None:
+        fitted = {} if res.theta is None else {"theta": np.asarray(res.theta)}
+        save_npz(out / "map.npz", field=np.asarray(res.field), **fitted)
+    summary = to_jsonable(
+        {
+            "command": "denoise",
+            "input": str(args.maps),
+            **rc.reconstruction_summary(
+                rec, truth, mask, noise_var, box=box, theta=theta, prior=prior
+            ),
         }
-    if truth is not None:
-        summary["metrics"] = {"wiener": dn.denoising_metrics(truth, wf.field, mask, box)}
-        if result is not None:
-            summary["metrics"]["map"] = dn.denoising_metrics(truth, result.field, mask, box)
-    (args.out / "summary.json").write_text(dn.metrics_to_json(summary))
+    )
+    write_json(out / "summary.json", summary)
     if not args.no_plot:
-        dn.plot_denoising(
+        import matplotlib.pyplot as plt
+
+        from fieldflow.plots import plot_denoising
+
+        fig = plot_denoising(
             truth[0] if truth is not None else np.asarray(wf.field[0]),
             data[0],
             mask,
             np.asarray(wf.field[0]),
-            None if result is None else np.asarray(result.field[0]),
+            None if res is None else np.asarray(res.field[0]),
             box=box,
-            path=args.out / "denoise.png",
+            path=out / "denoise.png",
             labels=("Wiener", f"MAP ({prior})"),
             title=None if truth is not None else "no truth: top-left panel is the Wiener filter",
         )
-    print(
-        f"wrote {args.out}/: wiener.npz"
-        + (", map.npz" if result is not None else "")
-        + ", summary.json"
-        + ("" if args.no_plot else ", denoise.png")
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        plt.close(fig)
+    written = ["wiener.npz"] + (["map.npz"] if res is not None else []) + ["summary.json"]
+    print(f"wrote {out}/: " + ", ".join(written + ([] if args.no_plot else ["denoise.png"])))
+    return summary

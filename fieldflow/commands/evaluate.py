@@ -1,6 +1,4 @@
-"""Sample quality and posteriors of a trained run against held-out simulations.
-
-    python scripts/evaluate.py RUN_DIR DATA_DIR OUT_DIR [--theta 0.3 0.8] [--num 1024]
+"""``fieldflow evaluate``: sample quality and posteriors of a trained run vs held-out sims.
 
 At theta (default the fiducial (0.3, 0.8)): ``--num`` flow samples against as many held-out
 simulations (the data set's ``fiducial/`` maps when theta is fiducial, topped up with fresh
@@ -10,20 +8,31 @@ lognormal data also the samples' P(k) over the exact expected spectrum) and the
 figures ``maps.png``, ``power_spectrum.png``, ``pdf.png``, ``peaks.png`` and
 ``posterior.png``: the 68/95% contours of the flow, the power-spectrum likelihood and (for
 lognormal data) the exact likelihood for one test map (``--index``) on a ``--grid`` grid.
+
+Calibration diagnostics of the same likelihoods (``summary.json`` ``calibration``, figure
+``coverage.png``): the score test at theta on the held-out simulations (for a correct
+likelihood E[s] = 0 and Cov(s) = -E[Hessian]; eigenvalues of F^-1 C above 1 say the posterior
+is too narrow by their square root), and the coverage of the HPD regions of every credibility
+over ``--coverage-maps`` test maps spread over the prior (on the diagonal when calibrated).
+Fewer than 50 maps give a warning: the error bars are then large.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from fieldflow.commands import subparser
+
+HELP = "sample quality (P(k), PDF, peaks) and posteriors of a run vs held-out sims"
+EXAMPLES = [
+    "fieldflow evaluate runs/trenf data/ln32 out/eval",
+    "fieldflow evaluate runs/trenf data/ln32 out/eval_edge --theta 0.45 1.0 --num 2048",
+]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_parser(subparsers):
+    p = subparser(subparsers, "evaluate", HELP, EXAMPLES, __doc__)
     p.add_argument("run_dir", type=Path)
     p.add_argument("data_dir", type=Path)
     p.add_argument("out_dir", type=Path)
@@ -48,123 +57,75 @@ def build_parser() -> argparse.ArgumentParser:
         help="posterior of a held-out fiducial map instead of a test map",
     )
     p.add_argument("--grid", type=int, default=60, help="grid cells per axis over the prior")
+    p.add_argument(
+        "--coverage-maps",
+        type=int,
+        default=100,
+        help="test maps of the coverage diagnostics (0: no calibration diagnostics)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
-def load_run_and_data(run_dir, data_dir, seed: int = 0) -> tuple[dict, object, dict]:
-    """(manifest, model, splits) of a trained run and a data set of the same map size."""
-    from fieldflow.checkpoint import load
-    from fieldflow.data import load_dataset, load_manifest
-
-    cfg = load_manifest(data_dir)
-    model = load(run_dir)
-    if tuple(model.shape) != (cfg["n"], cfg["n"]):
-        raise SystemExit(f"the model is for {model.shape} maps, the data set has n = {cfg['n']}")
-    return cfg, model, load_dataset(data_dir, seed=seed)
-
-
-def held_out_sims(
-    cfg: dict, splits: dict, theta: np.ndarray, num: int, seed: int, batch: int = 64
-):
-    """``num`` simulations at theta never used in training: the data set's fiducial/ maps
-    (when theta is fiducial), topped up with fresh simulations (data set configuration,
-    seeds outside the data set)."""
-    import data_gen
-    from data_gen.dataset import sim_seeds, simulate
-
-    parts, maps = [], []
-    if np.allclose(theta, data_gen.FIDUCIAL_THETA) and "fiducial" in splits:
-        fid = splits["fiducial"][0][:num]
-        maps.append(fid)
-        parts.append(f"{len(fid)} maps of the data set's fiducial/ set")
-    need = num - sum(len(m) for m in maps)
-    if need > 0:
-        per = int(cfg.get("maps_per_sim", 1))
-        n_sims = -(-need // per)
-        seeds = sim_seeds(int(cfg.get("seed", 0)) + 1000 + seed, 7, 0, n_sims)
-        th = np.tile(theta.astype(np.float32), (batch, 1))
-        for i in range(0, n_sims, batch):  # fixed batch: one compilation
-            s = np.resize(seeds[i : i + batch], batch)
-            maps.append(simulate(cfg, s, th)[: min(batch, n_sims - i) * per])
-        parts.append(f"{n_sims} new {cfg['simulator']} simulations ({n_sims * per} maps)")
-    return np.concatenate(maps)[:num], "; ".join(parts)
-
-
-def theory_check(cfg: dict, theta: np.ndarray, stats: dict) -> dict | None:
-    """Samples' and simulations' mean P(k) over the exact expected spectrum (GRF, lognormal)."""
-    if cfg["simulator"] not in ("grf", "lognormal"):
-        return None
-    import data_gen
-
-    expected = np.asarray(
-        data_gen.power_2d_binned(
-            theta[None], cfg["n"], cfg["box"], cfg.get("slab"), bool(cfg.get("nonlinear", False))
-        )
-    )[0]
-    pk = stats["power_spectrum"]
-    below = np.asarray(pk["below_nyquist"])
-    s_ratio = np.asarray(pk["samples_mean"]) / expected
-    s_err = np.asarray(pk["samples_std"]) / np.sqrt(stats["n_samples"]) / expected
-    return {
-        "expected_pk": expected.tolist(),
-        "samples_over_theory": s_ratio.tolist(),
-        "samples_over_theory_err": s_err.tolist(),
-        "sims_over_theory": (np.asarray(pk["sims_mean"]) / expected).tolist(),
-        "max_abs_samples_dev_below_nyquist": float(np.abs(s_ratio[below] - 1).max()),
-    }
-
-
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+def run(args) -> dict:
     import jax
+    import matplotlib.pyplot as plt
+    import numpy as np
 
     import data_gen
     from fieldflow import evaluation as ev
     from fieldflow import inference as inf
+    from fieldflow import plots
+    from fieldflow.io import write_json
+    from fieldflow.workflows import load_run_and_data
 
     cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir, args.seed)
-    box, slab = float(cfg["box"]), cfg.get("slab")
     theta = np.asarray(args.theta if args.theta else data_gen.FIDUCIAL_THETA, np.float64)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    sims, source = held_out_sims(cfg, splits, theta, args.num, args.seed)
-    samples = ev.sample_maps(model, theta, len(sims), jax.random.key(args.seed))
-    stats = ev.sample_quality(samples, sims, box)
-    theory = theory_check(cfg, theta, stats)
-    figs = {
-        "maps.png": ev.plot_maps_side_by_side(sims, samples, n=4),
-        "power_spectrum.png": ev.plot_power_spectra(stats),
-        "pdf.png": ev.plot_pdf(stats),
-        "peaks.png": ev.plot_peaks(stats),
-    }
-
-    # posterior contours for one map: flow, P(k) likelihood, exact (lognormal)
+    # the map of the posterior figure: a test map, or a held-out fiducial map
     fid = splits.get("fiducial", (np.zeros((0,)),))[0]
-    if args.posterior_fiducial and len(fid):
+    from_fid = args.posterior_fiducial and len(fid)
+    count = len(fid) if from_fid else len(splits["test"][0])
+    if not -count <= args.index < count:
+        what = "fiducial" if from_fid else "test"
+        raise ValueError(f"--index {args.index} is out of range for {count} {what} maps")
+    if from_fid:
         x, truth = fid[-1 - args.index], np.asarray(data_gen.FIDUCIAL_THETA)
     else:
         x, truth = splits["test"][0][args.index], splits["test"][1][args.index]
-    grid = inf.theta_grid(args.grid, args.grid)
-    posts = {"TRENF": inf.flow_posterior(model, x, grid)}
-    notes = []
-    if len(fid) > 8:  # covariance from the fiducial maps, leaving out the one plotted
+
+    sims, source = ev.held_out_sims(cfg, splits, theta, args.num, args.seed)
+    samples = ev.sample_maps(model, theta, len(sims), jax.random.key(args.seed))
+    stats = ev.sample_quality(samples, sims, float(cfg["box"]))
+    theory = ev.theory_check(cfg, theta, stats)
+
+    # posterior contours for that map: flow, P(k) likelihood, exact (lognormal)
+    # covariance from the fiducial maps, leaving out the one plotted
+    cov_maps = None
+    if len(fid) > 8:
         cov_maps = fid[: -1 - args.index] if args.posterior_fiducial else fid
-        try:
-            ps = inf.PowerSpectrumLikelihood.fit(*splits["train"], cov_maps, box)
-            posts["P(k)"] = ps.posterior(x, grid)
-        except ValueError as err:
-            notes.append(f"no power-spectrum posterior: {err}")
-    else:
-        notes.append("no power-spectrum posterior: the data set has no fiducial/ set")
-    if cfg["simulator"] == "lognormal":
-        posts["exact"] = inf.exact_lognormal_posterior(
-            x, grid, box=box, slab=slab, nonlinear=bool(cfg.get("nonlinear", False))
+    grid = inf.theta_grid(args.grid, args.grid)
+    posts, notes = ev.map_posteriors(model, cfg, splits, x, grid, cov_maps)
+
+    calibration, curves = None, {}
+    if args.coverage_maps > 0:
+        calibration, curves = ev.calibration_diagnostics(
+            model, cfg, splits, theta, sims, grid, args.coverage_maps, cov_maps
         )
-    figs["posterior.png"] = ev.plot_posteriors(posts, theta_true=truth)
+    figs = {
+        "maps.png": plots.plot_maps_side_by_side(sims, samples, n=4),
+        "power_spectrum.png": plots.plot_power_spectra(stats),
+        "pdf.png": plots.plot_pdf(stats),
+        "peaks.png": plots.plot_peaks(stats),
+        "posterior.png": plots.plot_posteriors(posts, theta_true=truth),
+    }
+    if curves:
+        figs["coverage.png"] = plots.plot_coverage(curves)
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110)
+        plt.close(fig)
 
     summary = {
         "command": "evaluate",
@@ -179,10 +140,11 @@ def main(argv=None) -> dict:
             "grid": grid.to_dict(),
             **{k: p.summary() for k, p in posts.items()},
         },
+        "calibration": calibration,
         "notes": notes,
         "figures": sorted(figs),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     pk = stats["power_spectrum"]
     print(
         f"P(k) max |ratio - 1| below Nyquist {pk['max_abs_ratio_dev_below_nyquist']:.3f} "
@@ -191,9 +153,12 @@ def main(argv=None) -> dict:
         f"{stats['peaks']['max_abs_dev_over_scatter']:.2f}; FoM "
         + ", ".join(f"{k} {p.fom:.0f}" for k, p in posts.items())
     )
+    for name, diag in (calibration or {}).items():
+        if name != "notes" and "eigenvalues" in diag["score_test"]:
+            eig = ", ".join(f"{v:.2f}" for v in diag["score_test"]["eigenvalues"])
+            print(
+                f"{name}: score-test eigenvalues {eig} (1 = honest); 68% coverage "
+                f"{diag['coverage']['coverage_68']:.2f} over {diag['coverage']['n_maps']} maps"
+            )
     print(f"wrote {out / 'summary.json'} and {len(figs)} figures", file=sys.stderr)
     return summary
-
-
-if __name__ == "__main__":
-    main()

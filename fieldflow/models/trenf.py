@@ -8,8 +8,11 @@
 T_i is a positive radial kernel, Psi_i a monotone rational-quadratic spline;
 both commute with periodic shifts and the 8 symmetries of the square lattice,
 so log p is invariant under them. A conditioner MLP maps the normalised
-theta = (Omega_m, sigma_8) to the knots of every T_i and Psi_i. The layers are
-stacked and run with ``jax.lax.scan`` so compile time does not grow with depth.
+theta = (Omega_m, sigma_8) to the knots of every T_i and Psi_i. The layers' parameters
+are stacked and the layers run by ``jax.lax.scan``: fully unrolled in the forward
+direction (log p and training, where the unrolled loop runs faster; its compile time
+grows with depth), rolled in the inverse direction (sampling; one compiled layer body,
+whatever the depth).
 """
 
 from __future__ import annotations
@@ -54,8 +57,10 @@ class TRENF(FlowModel):
         log_offset: None, or c >= 0 to standardise log(1 + c + x) instead of x (for
             density contrasts with heavy tails, such as N-body maps; maps must then be
             > -1 - c). Exact: its log-determinant is included too.
-        radial: False replaces |k| by an anisotropic radius (a control model that is
-            not rotation invariant; for tests only).
+        radial: False replaces |k| by the anisotropic radius sqrt((1.5 k_x)^2 + k_y^2) (a
+            control model, for tests only: still invariant under periodic shifts, the
+            180-degree rotation and the axis flips, but not under 90-degree rotations or
+            the transpose).
         rngs: flax random streams.
     """
 
@@ -151,6 +156,7 @@ class TRENF(FlowModel):
             u, ld_psi = pointwise_spline_forward(u, params[:, nt:], bound)
             return (u, logdet + ld_t + ld_psi), None
 
+        # unrolled: log p and its gradient run faster; compile time grows with n_layers
         (z, logdet), _ = jax.lax.scan(
             layer, (u, logdet), self._layer_params(cond, x.shape[0]), unroll=True
         )
@@ -163,5 +169,6 @@ class TRENF(FlowModel):
             u = pointwise_spline_inverse(u, params[:, nt:], bound)
             return fourier_conv_inverse(u, params[:, :nt], grid), None
 
+        # rolled: one compiled layer body, whatever the depth
         u, _ = jax.lax.scan(layer, z, self._layer_params(cond, z.shape[0]), reverse=True)
         return self._destandardise(u)

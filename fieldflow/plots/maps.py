@@ -1,22 +1,14 @@
-"""Matplotlib figures. matplotlib is imported lazily with the Agg backend."""
+"""Figures of maps and of training curves."""
 
 from __future__ import annotations
 
 __all__ = ["plot_loss_curves", "plot_maps"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_loss_curves(history: dict):
     """Training and validation NLL (nats per pixel) against step."""
-    plt = _pyplot()
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     train = history.get("train", [])
     evals = history.get("eval", [])
@@ -46,9 +38,9 @@ def plot_loss_curves(history: dict):
 
 def plot_maps(maps, titles=None, ncols: int = 4, cmap: str = "viridis"):
     """A grid of maps sharing one colour scale."""
+    import matplotlib.pyplot as plt
     import numpy as np
 
-    plt = _pyplot()
     maps = np.asarray(maps)
     n = maps.shape[0]
     ncols = min(ncols, n)

@@ -1,0 +1,203 @@
+"""Is a likelihood honest? The score (information-identity) test and coverage curves.
+
+For the true likelihood p(x | theta) at the true theta_0, the score s(x) = grad_theta log p(x |
+theta_0) obeys the information identity
+
+    E[s] = 0,    C = Cov(s) = F = -E[grad_theta grad_theta log p(x | theta_0)].
+
+A learned q(x | theta) that breaks it is misspecified. Its posterior has covariance ~ F^-1 while
+the maximum-likelihood estimate scatters with the sandwich covariance F^-1 C F^-1, so the
+eigenvalues lambda of F^-1 C say by how much the posterior is too narrow: sqrt(lambda) per
+eigen-direction (lambda > 1: overconfident, < 1: too wide). For a Gaussian posterior the
+credible region of mass m then covers the truth with probability
+
+    P(lambda_1 chi2_1 + lambda_2 chi2_1 <= q_m),   q_m = the m-quantile of chi2_2,
+
+(:func:`predicted_coverage`). Coverage over simulations (:func:`coverage_curve`, the fraction
+of maps whose true theta lies inside the region of each credibility level) is the end-to-end
+check; the exact lognormal likelihood passes both and is the test of the diagnostics.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fieldflow.inference.posterior import GridPosterior, credible_mass_at
+from fieldflow.validation import check_maps
+
+__all__ = [
+    "MIN_MAPS",
+    "score_and_hessian",
+    "score_test",
+    "predicted_coverage",
+    "coverage_curve",
+]
+
+MIN_MAPS = 50  # below this the diagnostics warn that their error bars are large
+
+
+def score_and_hessian(
+    log_like: Callable, maps, theta0, *, chunk: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-map score s_b = d log L(x_b | theta) / d theta and Hessian H_b at ``theta0``.
+
+    ``log_like(x (B, N, N), theta (B, 2)) -> (B,)`` is any jax-traceable log-likelihood of
+    (map, theta) pairs (e.g. ``flow_log_like_fn(model)``); ``theta0`` is one theta (2,) for
+    every map or one per map (M, 2). Each map's term depends only on its own theta row, so the
+    gradient of the batch sum is every map's score, and two Jacobian-vector products of it
+    (theta moved along one axis for all maps at once) give every map's Hessian. Maps are
+    processed ``chunk`` at a time (the last chunk padded, so one compilation serves all).
+    Returns float64 ``(M, 2)`` and ``(M, 2, 2)``.
+    """
+    x, _ = check_maps(np.asarray(maps), name="maps")
+    t0 = np.asarray(theta0, np.float32)
+    t0 = np.broadcast_to(t0, (len(x), t0.shape[-1])) if t0.ndim == 1 else t0
+    if t0.shape[0] != len(x) or t0.ndim != 2:
+        raise ValueError(f"theta0 must be (d,) or ({len(x)}, d), got {np.shape(theta0)}")
+    dim = t0.shape[1]
+
+    def total(theta, xb):
+        return jnp.sum(log_like(xb, theta))
+
+    grad = jax.grad(total)
+
+    @jax.jit
+    def one_chunk(xb, theta):
+        s = grad(theta, xb)
+        cols = [
+            jax.jvp(lambda t: grad(t, xb), (theta,), (jnp.zeros_like(theta).at[:, j].set(1.0),))[1]
+            for j in range(dim)
+        ]
+        return s, jnp.stack(cols, axis=-1)
+
+    chunk = max(1, min(int(chunk), len(x)))
+    scores, hessians = [], []
+    for i in range(0, len(x), chunk):
+        idx = np.minimum(np.arange(i, i + chunk), len(x) - 1)  # the last chunk padded
+        keep = min(chunk, len(x) - i)
+        s, h = one_chunk(jnp.asarray(x[idx]), jnp.asarray(t0[idx]))
+        scores.append(np.asarray(s, np.float64)[:keep])
+        hessians.append(np.asarray(h, np.float64)[:keep])
+    return np.concatenate(scores), np.concatenate(hessians)
+
+
+def predicted_coverage(eigenvalues: Sequence[float], mass: float = 0.68) -> float:
+    """Coverage of a Gaussian posterior's ``mass`` region when F^-1 C has ``eigenvalues``:
+    P(sum_i lambda_i chi2_1 <= q), q the ``mass`` quantile of chi2_d (d = number of
+    eigenvalues), by quadrature over the last component. 1 x ``mass`` for lambda = 1."""
+    from scipy import integrate, stats
+
+    lam = np.asarray(eigenvalues, np.float64).ravel()
+    if lam.size == 0 or np.any(~np.isfinite(lam)) or np.any(lam <= 0):
+        raise ValueError(f"eigenvalues must be finite and > 0, got {lam.tolist()}")
+    q = stats.chi2.ppf(mass, lam.size)
+    if lam.size == 1:
+        return float(stats.chi2.cdf(q / lam[0], 1))
+
+    def cdf(r, lams):  # P(sum lams_i chi2_1 <= r)
+        if r <= 0:
+            return 0.0
+        if len(lams) == 1:
+            return float(stats.chi2.cdf(r / lams[0], 1))
+        head, last = lams[:-1], lams[-1]
+        val, _ = integrate.quad(
+            lambda u: cdf(r - last * u, head) * stats.chi2.pdf(u, 1), 0.0, r / last, limit=200
+        )
+        return val
+
+    return float(cdf(q, list(lam)))
+
+
+def score_test(scores, hessians, *, masses: Sequence[float] = (0.68, 0.95)) -> dict:
+    """The information-identity test from per-map scores ``(M, d)`` and Hessians ``(M, d, d)``
+    of maps simulated at one theta.
+
+    Returns E[s] with its standard error and Hotelling's T^2 = M s_bar^T C^-1 s_bar (~ chi2_d
+    for a correct likelihood), C = Cov(s), F = -E[H], the eigenvalues lambda of F^-1 C
+    (ascending), the factor sqrt(lambda) by which posterior standard deviations are too small
+    along each eigen-direction, the per-parameter ratio sqrt(diag(F^-1 C F^-1) / diag(F^-1))
+    and the Gaussian-predicted coverage of each mass. Warns below ``MIN_MAPS`` maps and when
+    F is not positive definite (the likelihood is not locally concave there).
+    """
+    s = np.asarray(scores, np.float64)
+    h = np.asarray(hessians, np.float64)
+    if s.ndim != 2 or h.shape != (*s.shape, s.shape[1]):
+        raise ValueError(f"scores must be (M, d) and hessians (M, d, d), got {s.shape}, {h.shape}")
+    m, d = s.shape
+    if m < d + 2:
+        raise ValueError(f"the score test needs more than {d + 1} maps, got {m}")
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(h))):
+        raise ValueError("scores or hessians contain NaN or inf values")
+    if m < MIN_MAPS:
+        warnings.warn(
+            f"score test on {m} maps (< {MIN_MAPS}): its error bars are large", stacklevel=2
+        )
+    mean = s.mean(axis=0)
+    cov = np.cov(s, rowvar=False).reshape(d, d)
+    fisher = -h.mean(axis=0)
+    fisher = 0.5 * (fisher + fisher.T)
+    fisher_eigs = np.linalg.eigvalsh(fisher)
+    out = {
+        "n_maps": m,
+        "mean_score": mean.tolist(),
+        "mean_score_stderr": (s.std(axis=0, ddof=1) / np.sqrt(m)).tolist(),
+        "hotelling_t2": float(m * mean @ np.linalg.solve(cov, mean)),
+        "score_cov": cov.tolist(),
+        "fisher": fisher.tolist(),
+        "fisher_positive_definite": bool(fisher_eigs.min() > 0),
+    }
+    if fisher_eigs.min() <= 0:
+        warnings.warn(
+            "-E[H] is not positive definite: the likelihood is not concave at theta", stacklevel=2
+        )
+        return out
+    lam = np.sort(np.linalg.eigvals(np.linalg.solve(fisher, cov)).real)
+    finv = np.linalg.inv(fisher)
+    sandwich = finv @ cov @ finv
+    out.update(
+        eigenvalues=lam.tolist(),
+        std_too_small_by=np.sqrt(np.maximum(lam, 0)).tolist(),
+        std_ratio_per_parameter=np.sqrt(np.diag(sandwich) / np.diag(finv)).tolist(),
+        predicted_coverage={
+            f"{mass:g}": predicted_coverage(np.maximum(lam, 1e-12), mass) for mass in masses
+        },
+    )
+    return out
+
+
+def coverage_curve(
+    posteriors: Sequence[GridPosterior], theta_true, levels: Sequence[float] | None = None
+) -> dict:
+    """Empirical coverage against credibility: for each level q the fraction of maps whose true
+    theta lies inside their HPD region of mass q (credible mass at the truth <= q).
+
+    Calibrated posteriors give a curve on the diagonal, within the binomial error
+    sqrt(q (1 - q) / M) (returned as ``stderr``). ``theta_true`` is (M, 2) or one (2,) for all.
+    """
+    posts = list(posteriors)
+    if not posts:
+        raise ValueError("coverage_curve needs at least one posterior")
+    t = np.asarray(theta_true, np.float64)
+    t = np.broadcast_to(t, (len(posts), 2)) if t.ndim == 1 else t
+    if t.shape != (len(posts), 2):
+        raise ValueError(f"theta_true must be (2,) or ({len(posts)}, 2), got {t.shape}")
+    if len(posts) < MIN_MAPS:
+        warnings.warn(
+            f"coverage on {len(posts)} maps (< {MIN_MAPS}): its error bars are large",
+            stacklevel=2,
+        )
+    q = np.linspace(0.05, 0.95, 19) if levels is None else np.asarray(levels, np.float64)
+    mass_at_truth = np.array([credible_mass_at(p, ti) for p, ti in zip(posts, t, strict=True)])
+    empirical = (mass_at_truth[:, None] <= q[None, :]).mean(axis=0)
+    return {
+        "levels": q.tolist(),
+        "coverage": empirical.tolist(),
+        "stderr": np.sqrt(q * (1 - q) / len(posts)).tolist(),
+        "n_maps": len(posts),
+        "credible_mass_at_truth": mass_at_truth.tolist(),
+    }

@@ -1,0 +1,76 @@
+"""``fieldflow calibrate`` then ``fieldflow infer``: the adjusted posterior is the default once
+a run is calibrated, the raw one stays beside it, and a calibration file of another model is
+refused."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import CALIBRATION_THETA, CONCAVE_RUN
+
+from fieldflow.cli import main
+
+pytestmark = CONCAVE_RUN
+
+
+# session scope: xdist runs this group's tests interleaved with test_cli's calibrate examples,
+# and a module fixture would be rebuilt at every switch between the two modules
+@pytest.fixture(scope="session")
+def tiny_maps_file(tiny_data_dir, tmp_path_factory):
+    from fieldflow.data import load_dataset
+    from fieldflow.io import save_npz
+
+    maps, theta = load_dataset(tiny_data_dir)["test"]
+    return save_npz(tmp_path_factory.mktemp("maps") / "maps.npz", maps=maps[:2], theta=theta[:2])
+
+
+@pytest.fixture(scope="session")
+def calibrated(concave_run_dir, tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibration")
+    argv = [
+        "calibrate",
+        str(concave_run_dir),
+        str(tiny_data_dir),
+        "--num",
+        "16",
+        *CALIBRATION_THETA,
+    ]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_calibrate_writes_score_tests_and_an_adjustment(calibrated):
+    summary = json.loads((calibrated / "summary.json").read_text())
+    tests = summary["score_tests"]
+    assert len(tests) == 2 and any(t["used"] for t in tests)
+    for t in tests:
+        assert t["n_maps"] == 16 and len(t["mean_score"]) == 2
+        if t["used"]:
+            assert len(t["eigenvalues"]) == 2 and min(t["eigenvalues"]) > 0
+    cal = json.loads((calibrated / "calibration.json").read_text())
+    assert np.asarray(cal["matrices"]).shape == (sum(t["used"] for t in tests), 2, 2)
+
+
+def test_infer_reports_the_adjusted_posterior_beside_the_raw_one(
+    calibrated, concave_run_dir, tiny_maps_file, tmp_path
+):
+    argv = ["infer", str(concave_run_dir), str(tiny_maps_file), str(tmp_path / "a"), "--grid", "16"]
+    assert main([*argv, "--calibration", str(calibrated / "calibration.json")]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["default_posterior"] == "TRENF (curvature-adjusted)"
+    assert set(summary["posteriors"]) == {"TRENF", "TRENF (curvature-adjusted)"}
+    # without a calibration file: the raw posterior, with a warning
+    with pytest.warns(UserWarning, match="coverage is unchecked"):
+        assert main(argv[:3] + [str(tmp_path / "r"), "--grid", "16"]) == 0
+    raw = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert raw["default_posterior"] == "TRENF" and set(raw["posteriors"]) == {"TRENF"}
+
+
+def test_a_calibration_of_another_model_is_refused(
+    calibrated, tiny_run_dir, tiny_maps_file, tmp_path, capsys
+):
+    argv = ["infer", str(tiny_run_dir), str(tiny_maps_file), str(tmp_path), "--grid", "8"]
+    assert main([*argv, "--calibration", str(calibrated / "calibration.json")]) == 2
+    assert "another model" in capsys.readouterr().err
+    assert main([*argv, "--posterior", "adjusted"]) == 2
+    assert "fieldflow calibrate" in capsys.readouterr().err

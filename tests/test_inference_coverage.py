@@ -1,0 +1,93 @@
+"""Coverage statistics of many posteriors, HPD regions at the grid's edge, and the P(k)
+emulator (no simulations: exact inputs with known answers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fieldflow import fourier, metrics
+from fieldflow import inference as inf
+
+
+def gaussian_posterior(grid, mu, sig=(0.02, 0.05)):
+    d = (grid.points - np.asarray(mu)) / np.asarray(sig)
+    return inf.posterior_from_loglike(-0.5 * (d**2).sum(-1).reshape(grid.shape), grid)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return inf.theta_grid(40, 40, (0.2, 0.5), (0.5, 1.1))
+
+
+def test_coverage_summary_counts_hits_and_bias(grid):
+    mu, sig = np.array([0.33, 0.8]), np.array([0.02, 0.05])
+    posts = [gaussian_posterior(grid, mu, sig) for _ in range(4)]
+    truths = np.array([mu, mu + [0.5 * sig[0], 0], mu + [2 * sig[0], 0], mu + [0, 3 * sig[1]]])
+    s = inf.coverage_summary(posts, truths)
+    foms = [p.fom for p in posts]
+    assert s["n_maps"] == 4
+    assert s["fom_mean"] == pytest.approx(np.mean(foms))
+    assert s["fom_median"] == pytest.approx(np.median(foms)) and s["fom_std"] < 1e-9
+    # a 2D Gaussian's q region is the ellipse r^2 <= -2 ln(1 - q): r = 1.51 (68%), 2.45 (95%)
+    assert s["coverage_68"] == 0.5 and s["coverage_95"] == 0.75
+    expected_bias = ((posts[0].mean - truths) / posts[0].std).mean(axis=0)
+    np.testing.assert_allclose(s["mean_bias_over_std"], expected_bias)
+    assert set(inf.coverage_summary(posts)) == {"fom_mean", "fom_median", "fom_std", "n_maps"}
+    assert "coverage_50" in inf.coverage_summary(posts, truths, masses=(0.5,))
+    with pytest.raises(ValueError, match="one row per posterior"):
+        inf.coverage_summary(posts, truths[:3])
+    with pytest.raises(ValueError, match="at least one"):
+        inf.coverage_summary([])
+
+
+def test_hpd_touches_edge(grid):
+    centre = gaussian_posterior(grid, (0.35, 0.8))
+    assert not inf.hpd_touches_edge(centre) and not inf.hpd_touches_edge(centre, 0.95)
+    at_edge = gaussian_posterior(grid, (0.2, 0.8))
+    assert inf.hpd_touches_edge(at_edge)
+    # 3 sigma from the edge: only the 99.9% region reaches it
+    near = gaussian_posterior(grid, (0.26, 0.8))
+    assert not inf.hpd_touches_edge(near, 0.95) and inf.hpd_touches_edge(near, 0.999)
+    flat = inf.posterior_from_loglike(np.zeros(grid.shape), grid)
+    assert inf.hpd_touches_edge(flat)
+    assert inf.fraction_touching_edge([centre, at_edge, near, flat]) == 0.5
+
+
+def _amplitude(theta):
+    """A(theta)^2 = exp(0.3 + 1.2 u0 - 0.5 u1^2 + 0.4 u0 u1): a degree-2 exponent in u."""
+    u = 2 * (np.asarray(theta) - [0.2, 0.5]) / [0.3, 0.6] - 1
+    return np.exp(0.5 * (0.3 + 1.2 * u[:, 0] - 0.5 * u[:, 1] ** 2 + 0.4 * u[:, 0] * u[:, 1]))
+
+
+def test_emulator_recovers_an_exact_exp_polynomial():
+    """Maps A(theta) x0 have P(k; theta) = A^2 P(k; x0) exactly: the fit is exact."""
+    n, box = 8, 32.0
+    x0 = np.random.default_rng(0).normal(size=(n, n))
+    theta = np.random.default_rng(1).uniform([0.2, 0.5], [0.5, 1.1], (24, 2))
+    maps = (_amplitude(theta)[:, None, None] * x0).astype(np.float32)
+    emu = inf.PowerSpectrumEmulator.fit(maps, theta, box, degree=2)
+    p0 = np.asarray(metrics.power_spectrum(x0.astype(np.float32), box), np.float64)
+    new = np.array([[0.25, 0.6], [0.41, 1.02], [0.3, 0.8]])
+    np.testing.assert_allclose(emu.mean(new), _amplitude(new)[:, None] ** 2 * p0, rtol=1e-4)
+    assert emu.mean((0.3, 0.8)).shape == (1, emu.n_bins)
+    assert emu.n_bins == n // 2 and emu.n == n and emu.box == box and emu.degree == 2
+    np.testing.assert_allclose(emu.edges, fourier.k_bin_edges(n, box))
+    np.testing.assert_allclose(emu.k, fourier.k_bin_centers(emu.edges))
+    np.testing.assert_allclose(emu.fit_report["train_mean_ratio"], 1.0, rtol=1e-4)
+    assert emu.fit_report["n_train"] == 24 and emu.fit_report["n_bins"] == n // 2
+    # custom bins and box
+    cut = inf.PowerSpectrumEmulator.fit(
+        maps, theta, box, edges=emu.edges[:3], degree=1, theta_low=(0.1, 0.4), theta_high=(0.6, 1.2)
+    )
+    assert cut.n_bins == 2 and cut.coef.shape == (3, 2)
+    with pytest.raises(ValueError, match="too few"):
+        inf.PowerSpectrumEmulator.fit(maps[:15], theta[:15], box)  # degree 3: 10 terms
+    with pytest.raises(ValueError, match="theta must have shape"):
+        inf.PowerSpectrumEmulator.fit(maps, theta[:, :1], box)
+    with pytest.raises(ValueError, match="high > low"):
+        inf.PowerSpectrumEmulator.fit(maps, theta, box, theta_low=(0.5, 0.5))
+    with pytest.raises(ValueError, match="zero-power"):
+        inf.PowerSpectrumEmulator.fit(np.zeros_like(maps), theta, box, degree=1)
+    with pytest.raises(ValueError, match="theta must have shape"):
+        emu.mean([0.3, 0.8, 0.1])
