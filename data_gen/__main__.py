@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_gen.dataset import SIMULATORS, generate_dataset
+from data_gen.dataset import SIMULATORS, generate_dataset, generate_options
 from data_gen.power import DEFAULT_BOX, DEFAULT_N
 
 
@@ -40,18 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    kw = dict(
-        n=a.n,
-        box=a.box,
-        shard_size=a.shard_size,
-        seed=a.seed,
-        design=a.design,
-        n_fiducial=a.n_fiducial,
-    )
-    if a.simulator == "nbody":
-        kw.update(n_mesh=a.n_mesh, n_steps=a.n_steps, a_init=a.a_init, n_slabs=a.n_slabs)
-    else:
-        kw.update(slab=a.slab, nonlinear=a.nonlinear)
+    kw = generate_options(a.simulator, vars(a))
     try:
         cfg = generate_dataset(a.out_dir, a.simulator, a.n_sims, progress=not a.no_progress, **kw)
     except ValueError as err:

@@ -220,6 +220,20 @@ def read_shard(path: Path, n: int | None = None) -> dict[str, np.ndarray]:
 
 DERIVED_KEYS = ("particles_per_pixel",)
 
+_COMMON_OPTIONS = ("n", "box", "shard_size", "seed", "design", "n_fiducial")
+_SIMULATOR_OPTIONS = {
+    "nbody": ("n_mesh", "n_steps", "a_init", "n_slabs"),
+    "grf": ("slab", "nonlinear"),
+    "lognormal": ("slab", "nonlinear"),
+}
+
+
+def generate_options(simulator: str, options: dict) -> dict:
+    """The keyword arguments of :func:`generate_dataset` for ``simulator`` among ``options``
+    (e.g. ``vars()`` of parsed command-line arguments); the other simulators' are dropped."""
+    keys = _COMMON_OPTIONS + _SIMULATOR_OPTIONS.get(simulator, ())
+    return {k: options[k] for k in keys if k in options}
+
 
 def _check_manifest(directory: Path, cfg: dict) -> None:
     man = directory / "manifest.json"

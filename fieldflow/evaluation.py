@@ -372,6 +372,8 @@ def _likelihoods(model, cfg: dict, splits: dict, cov_maps=None) -> tuple[dict, l
             fns["P(k)"] = (ps, ps, False)
         except ValueError as err:
             notes.append(f"no power-spectrum diagnostics: {err}")
+    else:
+        notes.append("no power-spectrum diagnostics: no fiducial maps for its covariance")
     if cfg["simulator"] == "lognormal":
         kw = {"box": box, "slab": cfg.get("slab"), "nonlinear": bool(cfg.get("nonlinear", False))}
         pairs = functools.partial(lognormal_log_likelihood, **kw)

@@ -19,10 +19,7 @@ from pathlib import Path
 from fieldflow.commands import subparser
 
 HELP = "score test of a run's likelihood and its curvature adjustment (calibration.json)"
-EXAMPLES = [
-    "fieldflow calibrate runs/trenf data/lognormal --num 64",
-    "fieldflow calibrate runs/trenf data/lognormal --theta 0.3 0.8 --num 32 --out out/calib",
-]
+EXAMPLES = ["fieldflow calibrate runs/trenf data/lognormal --theta 0.3 0.8 --num 64"]
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_DIR = "calibration"
 

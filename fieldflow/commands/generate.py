@@ -46,21 +46,9 @@ def add_parser(subparsers):
 
 
 def run(args) -> dict:
-    from data_gen.dataset import generate_dataset
+    from data_gen.dataset import generate_dataset, generate_options
 
-    kw = dict(
-        n=args.n,
-        box=args.box,
-        shard_size=args.shard_size,
-        seed=args.seed,
-        design=args.design,
-        n_fiducial=args.n_fiducial,
-    )
-    if args.simulator == "nbody":
-        kw.update(n_mesh=args.n_mesh, n_steps=args.n_steps, a_init=args.a_init)
-        kw.update(n_slabs=args.n_slabs)
-    else:
-        kw.update(slab=args.slab, nonlinear=args.nonlinear)
+    kw = generate_options(args.simulator, vars(args))
     cfg = generate_dataset(
         args.out_dir, args.simulator, args.n_sims, progress=not args.no_progress, **kw
     )
