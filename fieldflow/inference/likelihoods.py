@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from data_gen.cosmology import OMEGA_M_RANGE, SIGMA8_RANGE
 from fieldflow.inference.grid import ThetaGrid, clip_grid, theta_grid
@@ -35,6 +36,7 @@ from fieldflow.inference.posterior import (
     posterior_from_loglike,
     posteriors_from_loglike,
 )
+from fieldflow.models.base import jitted_method
 from fieldflow.validation import check_maps
 
 __all__ = [
@@ -155,24 +157,12 @@ def _flow_method(model) -> str:
     return "_log_prob" if hasattr(model, "_log_prob") else "log_prob"
 
 
-def _merge(graphdef, state):
-    from flax import nnx
-
-    return nnx.merge(graphdef, state)
-
-
 # Full float32 matrix products: on GPUs jax defaults to TF32 (10-bit mantissa), which moves
 # log p of a 32^2 map by ~0.03 nats between batch sizes and spoils theta gradients.
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _flow_log_prob(graphdef, method: str, state, x, theta):
-    with jax.default_matmul_precision("highest"):
-        return getattr(_merge(graphdef, state), method)(x, theta)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def _flow_value_and_grad(graphdef, method: str, state, x, theta):
     def total(theta):
-        lp = getattr(_merge(graphdef, state), method)(x, theta)
+        lp = getattr(nnx.merge(graphdef, state), method)(x, theta)
         return jnp.sum(lp), lp
 
     with jax.default_matmul_precision("highest"):
@@ -188,14 +178,13 @@ def flow_log_like_fn(model) -> Callable:
     every call). The trained range of theta is *not* checked here (``flow_posterior``
     does it).
     """
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
     method = _flow_method(model)
 
     def log_like(x, theta):
         x = jnp.asarray(x, jnp.float32)
-        return _flow_log_prob(graphdef, method, state, x, jnp.asarray(theta, jnp.float32))
+        theta = jnp.asarray(theta, jnp.float32)
+        return jitted_method(graphdef, method, "highest", state, x, theta)
 
     return log_like
 
@@ -207,8 +196,6 @@ def grad_log_prob_theta(model, with_value: bool = False) -> Callable:
     the per-map gradient. ``with_value=True`` returns ``(log p (B,), grad (B, 2))``. For
     gradient-based samplers (HMC, NUTS) on theta; the trained range is not checked.
     """
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
     method = _flow_method(model)
 

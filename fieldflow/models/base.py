@@ -19,7 +19,7 @@ from flax import nnx
 
 from fieldflow.validation import check_above, check_cond, check_cond_range, check_fields
 
-__all__ = ["FlowModel", "standard_normal_logpdf", "call_jitted"]
+__all__ = ["FlowModel", "standard_normal_logpdf", "call_jitted", "jitted_method"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -30,16 +30,20 @@ def standard_normal_logpdf(z: jnp.ndarray) -> jnp.ndarray:
     return -0.5 * jnp.sum(z * z, axis=(-2, -1)) - 0.5 * d * LOG_2PI
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _jitted_method(graphdef, method: str, state, *args):
-    """Run a pure method of a split module under one cached jit per (structure, method)."""
-    return getattr(nnx.merge(graphdef, state), method)(*args)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def jitted_method(graphdef, method: str, precision: str | None, state, *args):
+    """Run a pure method of a split module (``nnx.split``) under one cached jit per
+    (structure, method, matmul precision): the one split -> jit -> merge of the package.
+    ``precision`` 'highest' keeps float32 matrix products exact on GPUs (whose default is
+    TF32); None is jax's default."""
+    with jax.default_matmul_precision(precision):
+        return getattr(nnx.merge(graphdef, state), method)(*args)
 
 
-def call_jitted(module: nnx.Module, method: str, *args):
+def call_jitted(module: nnx.Module, method: str, *args, precision: str | None = None):
     """``module.method(*args)`` compiled once per module structure and input shape."""
     graphdef, state = nnx.split(module)
-    return _jitted_method(graphdef, method, state, *args)
+    return jitted_method(graphdef, method, precision, state, *args)
 
 
 class FlowModel(nnx.Module):
