@@ -198,6 +198,19 @@ def estimate_adjustment(
     )
 
 
+def _maxima(log_like, maps, grid, adjustment, raw_loglike, chunk, n=None, per_map=True):
+    """``(number of maps, theta_hat, A(theta_hat))``: each map's (or, unless ``per_map``, the
+    maps' joint) maximum of the raw log-likelihood on the grid, computed unless given as
+    ``raw_loglike`` (M, n_om, n_s8), and the adjustment matrix there."""
+    if raw_loglike is None:
+        raw_loglike = grid_log_likelihood(log_like, maps, grid, chunk=chunk, per_map=True, n=n)
+    raw = np.asarray(raw_loglike, np.float64).reshape(len(raw_loglike), -1)
+    if not per_map:
+        raw = raw.sum(axis=0, keepdims=True)
+    hat = grid.points.astype(np.float64)[np.argmax(raw, axis=1)]  # (M, 2) or (1, 2)
+    return len(raw_loglike), hat, adjustment.matrix(hat)
+
+
 def adjusted_posteriors(
     log_like: Callable,
     maps,
@@ -218,20 +231,14 @@ def adjusted_posteriors(
     already computed); the warped points theta_hat + A (theta - theta_hat) are clipped to the
     grid box (the trained range) before ``log_like`` is taken there.
     """
-    if raw_loglike is None:
-        raw_loglike = grid_log_likelihood(log_like, maps, grid, chunk=chunk, per_map=True, n=n)
-    raw = np.asarray(raw_loglike, np.float64).reshape(len(raw_loglike), -1)
-    if not per_map:
-        raw = raw.sum(axis=0, keepdims=True)
+    n_maps, hat, a = _maxima(log_like, maps, grid, adjustment, raw_loglike, chunk, n, per_map)
     pts = grid.points.astype(np.float64)
-    hat = pts[np.argmax(raw, axis=1)]  # (M, 2) or (1, 2)
-    a = adjustment.matrix(hat)
     warped = hat[:, None, :] + np.einsum("mij,tmj->mti", a, pts[:, None, :] - hat[None])
     lo = (grid.om_range[0], grid.s8_range[0])
     hi = (grid.om_range[1], grid.s8_range[1])
     warped = np.clip(warped, lo, hi)
     if not per_map:
-        warped = np.repeat(warped, len(raw_loglike), axis=0)
+        warped = np.repeat(warped, n_maps, axis=0)
     ll = grid_log_likelihood(log_like, maps, grid, chunk=chunk, per_map=per_map, n=n, points=warped)
     if per_map:
         return posteriors_from_loglike(ll, grid, masses=masses)
@@ -254,11 +261,7 @@ def adjusted_score_test(
     score at theta0 is A^T s(theta*) and its Hessian A^T H(theta*) A, theta* taken at theta0
     (theta_hat from the raw grid log-likelihood, as in :func:`adjusted_posteriors`).
     """
-    if raw_loglike is None:
-        raw_loglike = grid_log_likelihood(log_like, maps, grid, chunk=chunk, per_map=True)
-    raw = np.asarray(raw_loglike, np.float64).reshape(len(raw_loglike), -1)
-    hat = grid.points.astype(np.float64)[np.argmax(raw, axis=1)]
-    a = adjustment.matrix(hat)
+    _, hat, a = _maxima(log_like, maps, grid, adjustment, raw_loglike, chunk)
     t0 = np.asarray(theta0, np.float64).ravel()
     star = hat + np.einsum("mij,mj->mi", a, t0[None] - hat)
     s, h = score_and_hessian(log_like, maps, star)
