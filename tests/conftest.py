@@ -9,6 +9,8 @@ constants (a second training run of the same model, the notebooks) is loaded ins
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import functools
 import os
 import shutil
@@ -30,6 +32,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+# ... and XLA's other expensive passes (about a tenth of the remaining time)
+jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
     float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
@@ -295,41 +299,56 @@ TINY_TRAIN_OPTIONS = {
 }
 
 
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+    """Yield ``(path, done)`` under an exclusive lock shared by the xdist workers: the first
+    worker builds ``path`` (``done`` False) and the others, waiting on the lock, find it
+    built (``done`` True), so the shared data set and runs are built once per session."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' common directory
+    path, marker = root / "shared" / name, root / "shared" / f"{name}.built"
+    path.parent.mkdir(exist_ok=True)
+    with open(root / "shared" / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path, marker.exists()
+        marker.touch()
+
+
+def train_tiny(tmp_path_factory, data_dir, name: str, options: dict[str, list[str]]):
+    """``fieldflow train DATA shared/NAME`` with ``options``, once per session."""
+    from fieldflow.commands import run_command
+
+    with built_once(tmp_path_factory, name) as (path, done):
+        if not done:
+            argv = [w for option, values in options.items() for w in [option, *values]]
+            run_command("train", [data_dir, path, *argv, "--no-progress"])
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A lognormal data set of 32 maps of 16 x 16 (box 64 h^-1 Mpc) and 16 fiducial maps."""
     from fieldflow.workflows import ensure_dataset
 
-    path = tmp_path_factory.mktemp("tiny") / "lognormal_n16"
-    ensure_dataset(path, "lognormal", TINY_N_SIMS, progress=False, **TINY_DATA)
+    with built_once(tmp_path_factory, "lognormal_n16") as (path, done):
+        if not done:
+            ensure_dataset(path, "lognormal", TINY_N_SIMS, progress=False, **TINY_DATA)
     return path
 
 
 @pytest.fixture(scope="session")
-def tiny_run_dir(tiny_data_dir):
+def tiny_run_dir(tiny_data_dir, tmp_path_factory):
     """A conditional TRENF (2 layers, conditioner width 16) trained for 20 steps on the tiny
     data set."""
-    from fieldflow.commands import run_command
-
-    path = tiny_data_dir.parent / "trenf_n16"
-    options = [word for option, values in TINY_TRAIN_OPTIONS.items() for word in [option, *values]]
-    run_command("train", [tiny_data_dir, path, *options, "--no-progress"])
-    return path
+    return train_tiny(tmp_path_factory, tiny_data_dir, "trenf_n16", TINY_TRAIN_OPTIONS)
 
 
 @pytest.fixture(scope="session")
-def concave_run_dir(tiny_data_dir):
+def concave_run_dir(tiny_data_dir, tmp_path_factory):
     """The tiny run trained long enough (50 steps, learning rate 1e-2) for its log-likelihood
     to be concave in theta at the interior calibration points (``CALIBRATION_THETA``): what
-    ``fieldflow calibrate`` needs. Its users share the xdist group ``CONCAVE_RUN``, so that
-    one worker trains it once."""
-    from fieldflow.commands import run_command
-
+    ``fieldflow calibrate`` needs. Its users share the xdist group ``CONCAVE_RUN``."""
     options = {**TINY_TRAIN_OPTIONS, "--steps": ["50"], "--lr": ["1e-2"]}
     options.update({"--checkpoint-every": ["50"], "--eval-every": ["25"]})
-    path = tiny_data_dir.parent / "trenf_n16_concave"
-    run_command(
-        "train",
-        [tiny_data_dir, path, *[w for o, v in options.items() for w in [o, *v]], "--no-progress"],
-    )
-    return path
+    return train_tiny(tmp_path_factory, tiny_data_dir, "trenf_n16_concave", options)

@@ -239,7 +239,7 @@ def test_data_parallel_training_matches_one_device():
         out = {}
         for dp in (True, False):
             m = TRENF((8, 8), n_layers=1, hidden=(8,), n_t_knots=4, rngs=nnx.Rngs(0))
-            cfg = TrainConfig(steps=10, batch_size=8, eval_every=5, data_parallel=dp)
+            cfg = TrainConfig(steps=4, batch_size=8, eval_every=2, data_parallel=dp)
             r = fit(m, (maps[:24], theta[:24]), (maps[24:], theta[24:]), cfg, progress=False)
             out[str(dp)] = [e["val_nll_per_pixel"] for e in r.history["eval"]]
         print(json.dumps(out))
