@@ -59,6 +59,9 @@ def test_split_fiducial_holds_out_whole_simulations():
     assert inf.benchmark.split_fiducial(16, 0) == (slice(0, 16), slice(16, 16))
 
 
+SETS = ("test", "fiducial")
+
+
 def test_fom_comparison_reports_every_method(model, splits, manifest):
     grid = inf.theta_grid(6, 6, (0.25, 0.45), (0.6, 1.0))
     with pytest.warns(UserWarning, match="only 4 test maps"):
@@ -69,7 +72,10 @@ def test_fom_comparison_reports_every_method(model, splits, manifest):
     for name, n_maps in (("test", 4), ("fiducial", 4)):
         res = out["results"][name]
         assert set(res) >= {"flow", "power_spectrum", "exact", "flow_over_ps_fom_mean"}
-        for method in ("flow", "power_spectrum", "exact"):
+        assert res["flow_score_compressed_over_ps_fom_median"] == pytest.approx(
+            res["flow_score_compressed"]["fom_median"] / res["power_spectrum"]["fom_median"]
+        )
+        for method in ("flow", "power_spectrum", "exact", "flow_score_compressed"):
             stats = res[method]
             assert stats["n_maps"] == n_maps and stats["fom_mean"] > 0
             assert 0 <= stats["coverage_68"] <= stats["coverage_95"] <= 1
@@ -96,12 +102,11 @@ def test_fom_comparison_reports_every_method(model, splits, manifest):
     ps = out["power_spectrum_likelihood"]
     assert ps["n_bins"] == N // 2 and ps["n_fiducial_cov"] == 12
     assert np.isfinite(ps["emulator_rms_rel_error_test_theta"])
+    assert out["summary_likelihoods"]["flow_score_compressed"]["n_fiducial"] == 12
     assert set(out["timings_s"]) == {
         "ps_fit_s",
-        "flow_test_s",
-        "exact_test_s",
-        "flow_fiducial_s",
-        "exact_fiducial_s",
+        "score_compressed_fit_s",
+        *(f"{m}_{s}_s" for m in ("flow", "exact", "flow_score_compressed") for s in SETS),
     }
     json.dumps(out)  # JSON-able as it is
     no_fid = {k: v for k, v in splits.items() if k != "fiducial"}

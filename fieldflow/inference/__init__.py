@@ -12,8 +12,12 @@ cells tiling the prior box, normalised to cell probabilities that sum to one. Mo
   maps x theta), ``grid_posterior``, the flow likelihood (``flow_posterior``,
   ``grad_log_prob_theta``) and the exact lognormal one (``exact_lognormal_posterior``);
 * :mod:`~fieldflow.inference.emulator`: ``PowerSpectrumEmulator``, the mean P(k; theta);
-* :mod:`~fieldflow.inference.power_spectrum`: ``PowerSpectrumLikelihood``, the Gaussian
-  likelihood of the binned P(k) with a Hartlap-corrected covariance (``hartlap_factor``);
+* :mod:`~fieldflow.inference.gaussian`: the Gaussian likelihood of a data vector with an
+  emulated mean and a Hartlap-corrected covariance (``hartlap_factor``), shared by:
+* :mod:`~fieldflow.inference.power_spectrum`: ``PowerSpectrumLikelihood``, the likelihood of
+  the binned P(k);
+* :mod:`~fieldflow.inference.summary`: ``SummaryLikelihood`` of any ``Summary`` (P(k), the
+  flow's score at the fiducial theta, both: score compression);
 * :mod:`~fieldflow.inference.coverage`: FoM statistics and coverage of many posteriors;
 * :mod:`~fieldflow.inference.calibration`: is a likelihood honest? the score
   (information-identity) test and coverage against credibility;
@@ -45,7 +49,8 @@ from fieldflow.inference.coverage import (
     fraction_touching_edge,
     hpd_touches_edge,
 )
-from fieldflow.inference.emulator import PowerSpectrumEmulator
+from fieldflow.inference.emulator import PowerSpectrumEmulator, SummaryEmulator
+from fieldflow.inference.gaussian import fiducial_covariance, hartlap_factor
 from fieldflow.inference.grid import OMEGA_M_RANGE, SIGMA8_RANGE, ThetaGrid, clip_grid, theta_grid
 from fieldflow.inference.likelihoods import (
     exact_lognormal_posterior,
@@ -68,7 +73,14 @@ from fieldflow.inference.posterior import (
     posterior_from_loglike,
     posteriors_from_loglike,
 )
-from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood, hartlap_factor
+from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood
+from fieldflow.inference.summary import (
+    Summary,
+    SummaryLikelihood,
+    concatenate_summaries,
+    flow_score_summary,
+    power_spectrum_summary,
+)
 from fieldflow.validation import check_maps
 
 __all__ = [
@@ -98,6 +110,13 @@ __all__ = [
     "exact_lognormal_posterior",
     "PowerSpectrumEmulator",
     "PowerSpectrumLikelihood",
+    "SummaryEmulator",
+    "Summary",
+    "SummaryLikelihood",
+    "concatenate_summaries",
+    "flow_score_summary",
+    "power_spectrum_summary",
+    "fiducial_covariance",
     "hartlap_factor",
     "coverage_summary",
     "hpd_touches_edge",

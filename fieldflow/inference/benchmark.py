@@ -6,6 +6,8 @@ For each map, the grid posterior of (Omega_m, sigma_8) under
 * the flow (as ``flow_posterior``), and curvature-adjusted when given an adjustment,
 * the Gaussian power-spectrum likelihood (``PowerSpectrumLikelihood``: mean emulated from the
   training split, Hartlap-corrected covariance from fiducial simulations not evaluated on),
+* the score-compressed flow likelihood (``SummaryLikelihood`` of the flow's score at the
+  fiducial theta, with the same emulator and covariance machinery),
 * for lognormal maps, the exact likelihood, the best any method can do,
 
 summarised by :func:`fieldflow.inference.coverage.coverage_summary` (FoM = 1 / area of the 68%
@@ -38,6 +40,7 @@ from fieldflow.inference.likelihoods import (
 )
 from fieldflow.inference.posterior import posteriors_from_loglike
 from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood
+from fieldflow.inference.summary import SummaryLikelihood, flow_score_summary
 
 __all__ = ["FOM_DEFINITION", "split_fiducial", "fom_comparison"]
 
@@ -65,11 +68,12 @@ def _adjusted(log_like, maps, grid, raw, adjustment, truth, chunk) -> tuple[list
 
 
 def _compare(
-    model, ps, maps, truth, grid, manifest, chunk, timings, name, adjustments=None
+    model, ps, maps, truth, grid, manifest, chunk, timings, name, adjustments=None, summaries=None
 ) -> dict:
     """Flow, P(k) and (lognormal) exact posteriors of ``maps``, their statistics and ratios;
     with ``adjustments`` ({'flow': ..., 'power_spectrum': ...}) also the curvature-adjusted
-    flow and P(k) posteriors."""
+    flow and P(k) posteriors; with ``summaries`` ({name: SummaryLikelihood}) the posteriors
+    of those summary likelihoods and their FoM ratio to P(k)."""
     sim, box = manifest["simulator"], float(manifest["box"])
     adjustments = adjustments or {}
     res: dict = {}
@@ -111,6 +115,17 @@ def _compare(
             )
             res["flow_adjusted_over_ps_adjusted_fom_median"] = (
                 res["flow_adjusted"]["fom_median"] / res["power_spectrum_adjusted"]["fom_median"]
+            )
+    for key, like in (summaries or {}).items():
+        t0 = time.perf_counter()
+        posts = like.posterior(maps, grid, per_map=True)
+        timings[f"{key}_{name}_s"] = time.perf_counter() - t0
+        res[key] = coverage_summary(posts, truth)
+        res[key]["coverage_curve"] = coverage_curve(posts, truth)
+        res[key]["frac_hpd68_touching_prior_edge"] = fraction_touching_edge(posts)
+        for stat in ("mean", "median"):
+            res[f"{key}_over_ps_fom_{stat}"] = (
+                res[key][f"fom_{stat}"] / res["power_spectrum"][f"fom_{stat}"]
             )
     if sim == "lognormal":
         t0 = time.perf_counter()
@@ -197,6 +212,7 @@ def fom_comparison(
     chunk: int = 4096,
     adjustments: dict | None = None,
     calibration_sims: list | None = None,
+    score_compressed: bool = True,
 ) -> dict:
     """Compare the posteriors of a flow with the P(k) and exact likelihoods (see module doc).
 
@@ -217,6 +233,10 @@ def fom_comparison(
             adjustments of the flow and of the P(k) likelihood are estimated here; their score
             tests before (at each theta) and after adjustment (on the evaluated fiducial maps)
             are reported under ``calibration``.
+        score_compressed: also the score-compressed flow likelihood
+            (``flow_score_compressed``: the flow's score at the fiducial theta, its mean
+            emulated from the training split, its covariance from the fiducial maps of the
+            P(k) covariance).
 
     Returns:
         a JSON-able dict: ``n_train_maps``, ``n_fiducial_cov``, ``n_fiducial_eval``, ``grid``,
@@ -245,6 +265,13 @@ def fom_comparison(
         *splits["train"], fid_cov, float(manifest["box"]), fiducial_theta=data_gen.FIDUCIAL_THETA
     )
     timings = {"ps_fit_s": time.perf_counter() - t0}
+    summaries = {}
+    if score_compressed:
+        t0 = time.perf_counter()
+        summaries["flow_score_compressed"] = SummaryLikelihood.fit(
+            flow_score_summary(model), *splits["train"], fid_cov, fiducial_theta=fid_theta
+        )
+        timings["score_compressed_fit_s"] = time.perf_counter() - t0
     calibration = None
     if calibration_sims:
         t0 = time.perf_counter()
@@ -257,7 +284,7 @@ def fom_comparison(
             continue
         truth = theta if theta is not None else np.tile(fid_theta, (len(maps), 1))
         results[name] = _compare(
-            model, ps, maps, truth, grid, manifest, chunk, timings, name, adjustments
+            model, ps, maps, truth, grid, manifest, chunk, timings, name, adjustments, summaries
         )
     lognormal = manifest["simulator"] == "lognormal"
     out = {
@@ -267,6 +294,7 @@ def fom_comparison(
         "grid": grid.to_dict(),
         "fom_definition": FOM_DEFINITION,
         "power_spectrum_likelihood": _emulator_report(ps, splits["test"][1], manifest),
+        "summary_likelihoods": {k: v.fit_report for k, v in summaries.items()},
         "results": results,
         "checks": _checks(results["test"], lognormal),
         "timings_s": timings,

@@ -12,37 +12,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from data_gen.cosmology import OMEGA_M_RANGE, SIGMA8_RANGE
 from fieldflow.inference.emulator import PowerSpectrumEmulator
-from fieldflow.inference.grid import ThetaGrid, clip_grid, theta_grid
-from fieldflow.inference.likelihoods import grid_posterior
-from fieldflow.inference.posterior import MASSES, GridPosterior
+from fieldflow.inference.gaussian import GaussianLikelihood, fiducial_covariance, hartlap_factor
 from fieldflow.validation import check_maps
 
-__all__ = ["hartlap_factor", "PowerSpectrumLikelihood"]
-
-
-def hartlap_factor(n_sims: int, n_bins: int) -> float:
-    """Hartlap et al. (2007) de-biasing of an inverse sample covariance,
-
-        C^-1 ~ (n_s - n_b - 2) / (n_s - 1) * C_hat^-1,
-
-    for n_s simulations and n_b data points; ValueError unless n_s > n_b + 2.
-    """
-    n_sims, n_bins = int(n_sims), int(n_bins)
-    if n_sims <= n_bins + 2:
-        raise ValueError(
-            f"the covariance of {n_bins} power-spectrum bins needs more than {n_bins + 2} "
-            f"fiducial simulations, got {n_sims}"
-        )
-    return (n_sims - n_bins - 2) / (n_sims - 1)
+__all__ = ["hartlap_factor", "PowerSpectrumLikelihood"]  # hartlap_factor: re-exported
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PowerSpectrumLikelihood:
+class PowerSpectrumLikelihood(GaussianLikelihood):
     """Gaussian likelihood of the binned power spectrum of a map,
 
         log L(theta) = -1/2 (d - mu(theta))^T Psi (d - mu(theta)) + 1/2 log det(Psi / 2 pi),
@@ -122,7 +103,7 @@ class PowerSpectrumLikelihood:
                 raise ValueError(f"k_max = {k_max} h/Mpc leaves no bin (first at {centres[0]:.4g})")
             edges = edges[: keep + 1]
         n_b = len(edges) - 1
-        h = hartlap_factor(fiducial_maps.shape[0], n_b)
+        hartlap_factor(fiducial_maps.shape[0], n_b)  # enough fiducial maps, before the fit
         emulator = PowerSpectrumEmulator.fit(
             train_maps,
             train_theta,
@@ -134,9 +115,7 @@ class PowerSpectrumLikelihood:
             n_iter=n_iter,
         )
         pk_fid = np.asarray(metrics.power_spectrum(fiducial_maps, box, edges), np.float64)
-        cov = np.cov(pk_fid, rowvar=False).reshape(n_b, n_b)
-        precision = h * np.linalg.inv(cov)
-        precision = 0.5 * (precision + precision.T)
+        cov, precision, h = fiducial_covariance(pk_fid)
         fid_mean = pk_fid.mean(axis=0)
         se = pk_fid.std(axis=0, ddof=1) / np.sqrt(pk_fid.shape[0])
         emu_fid = emulator.mean(fiducial_theta)[0]
@@ -172,75 +151,13 @@ class PowerSpectrumLikelihood:
         x, _ = check_maps(np.asarray(maps), self.n)
         return np.asarray(metrics.power_spectrum(x, self.box, self.edges), np.float64)
 
-    def _norm(self) -> float:
-        sign, logdet = np.linalg.slogdet(self.precision / (2 * np.pi))
-        return 0.5 * logdet
-
-    def _loglike(self, d: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        r = d - mu
-        return -0.5 * np.einsum("...i,ij,...j->...", r, self.precision, r) + self._norm()
-
-    def __call__(self, maps, theta) -> np.ndarray:
-        """log L of (map_b, theta_b) pairs, (B,); a single map or theta broadcasts."""
-        d = self.data_vector(maps)
-        mu = self.mean(theta)
-        if d.shape[0] != mu.shape[0] and 1 not in (d.shape[0], mu.shape[0]):
-            raise ValueError(f"{d.shape[0]} maps and {mu.shape[0]} theta do not broadcast")
-        return self._loglike(d, mu)
-
     def log_like_fn(self) -> Callable:
         """The same log L as a jax function of (map_b, theta_b) pairs,
         ``fn(x (B, N, N), theta (B, 2)) -> (B,)`` (float32), differentiable in theta (for the
         score test, :func:`fieldflow.inference.score_and_hessian`)."""
         from fieldflow import fourier
-        from fieldflow.inference.emulator import poly_features
 
-        emu = self.emulator
-        coef = jnp.asarray(emu.coef, jnp.float32)
-        low, high = (
-            jnp.asarray(emu.theta_low, jnp.float32),
-            jnp.asarray(emu.theta_high, jnp.float32),
-        )
-        precision = jnp.asarray(self.precision, jnp.float32)
-        norm, box, edges, degree = self._norm(), self.box, self.edges, emu.degree
-
-        def fn(x, theta):
-            d = fourier.power_spectrum(jnp.asarray(x, jnp.float32), box, edges)
-            u = 2 * (jnp.asarray(theta, jnp.float32) - low) / (high - low) - 1
-            r = d - jnp.exp(poly_features(u, degree) @ coef)
-            return -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
-
-        return fn
-
-    def pairwise(self, maps, theta) -> np.ndarray:
-        """log L of every (map, theta) pair, (M, T)."""
-        d = self.data_vector(maps)
-        mu = self.mean(theta)
-        return self._loglike(d[:, None, :], mu[None, :, :])
-
-    def posterior(
-        self,
-        maps,
-        grid: ThetaGrid | None = None,
-        *,
-        per_map: bool = False,
-        log_prior=None,
-        masses: Sequence[float] = MASSES,
-    ) -> GridPosterior | list[GridPosterior]:
-        """Grid posterior of the maps under the power-spectrum likelihood.
-
-        The grid is clipped (with a warning) to the emulator's range.
-        """
-        grid = theta_grid() if grid is None else grid
-        grid = clip_grid(grid, self.theta_low, self.theta_high, what="the emulator's range")
-        return grid_posterior(
-            self.pairwise,
-            maps,
-            grid,
-            per_map=per_map,
-            log_prior=log_prior,
-            masses=masses,
-            chunk=1 << 16,
-            pairwise=True,
-            n=self.n,
+        box, edges = self.box, self.edges
+        return self._jax_log_like(
+            lambda x: fourier.power_spectrum(x, box, edges), self.emulator.mean_fn()
         )

@@ -1,0 +1,116 @@
+"""The Gaussian likelihood of a data vector d(x) with a theta-dependent mean and a fixed,
+simulation-estimated covariance,
+
+    log L(theta) = -1/2 (d - mu(theta))^T Psi (d - mu(theta)) + 1/2 log det(Psi / 2 pi),
+
+Psi = h C_hat^-1 with C_hat the sample covariance of d over fiducial simulations and h the
+Hartlap factor: the machinery shared by the power-spectrum likelihood and the likelihoods of
+other summaries (the flow's score, P(k) and the score together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from fieldflow.inference.grid import ThetaGrid, clip_grid, theta_grid
+from fieldflow.inference.likelihoods import grid_posterior
+from fieldflow.inference.posterior import MASSES, GridPosterior
+
+__all__ = ["hartlap_factor", "fiducial_covariance", "GaussianLikelihood"]
+
+
+def hartlap_factor(n_sims: int, n_bins: int) -> float:
+    """Hartlap et al. (2007) de-biasing of an inverse sample covariance,
+
+        C^-1 ~ (n_s - n_b - 2) / (n_s - 1) * C_hat^-1,
+
+    for n_s simulations and n_b data points; ValueError unless n_s > n_b + 2.
+    """
+    n_sims, n_bins = int(n_sims), int(n_bins)
+    if n_sims <= n_bins + 2:
+        raise ValueError(
+            f"the covariance of {n_bins} data points needs more than {n_bins + 2} "
+            f"fiducial simulations, got {n_sims}"
+        )
+    return (n_sims - n_bins - 2) / (n_sims - 1)
+
+
+def fiducial_covariance(vectors) -> tuple[np.ndarray, np.ndarray, float]:
+    """(C_hat, Psi = h C_hat^-1 symmetrised, h) of data vectors (S, D) of S fiducial
+    simulations (``hartlap_factor``)."""
+    v = np.asarray(vectors, np.float64)
+    n_s, n_d = v.shape
+    h = hartlap_factor(n_s, n_d)
+    cov = np.cov(v, rowvar=False).reshape(n_d, n_d)
+    precision = h * np.linalg.inv(cov)
+    return cov, 0.5 * (precision + precision.T), h
+
+
+class GaussianLikelihood:
+    """Evaluation of the Gaussian likelihood (module doc) for subclasses that provide
+    ``data_vector(maps) -> (M, D)``, ``mean(theta) -> (T, D)``, ``precision`` (D, D), ``n``
+    (pixels per side) and ``theta_low`` / ``theta_high`` (the emulator's range)."""
+
+    def _norm(self) -> float:
+        _, logdet = np.linalg.slogdet(self.precision / (2 * np.pi))
+        return 0.5 * logdet
+
+    def _loglike(self, d: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        r = d - mu
+        return -0.5 * np.einsum("...i,ij,...j->...", r, self.precision, r) + self._norm()
+
+    def __call__(self, maps, theta) -> np.ndarray:
+        """log L of (map_b, theta_b) pairs, (B,); a single map or theta broadcasts."""
+        d = self.data_vector(maps)
+        mu = self.mean(theta)
+        if d.shape[0] != mu.shape[0] and 1 not in (d.shape[0], mu.shape[0]):
+            raise ValueError(f"{d.shape[0]} maps and {mu.shape[0]} theta do not broadcast")
+        return self._loglike(d, mu)
+
+    def _jax_log_like(self, data_fn: Callable, mean_fn: Callable) -> Callable:
+        """``fn(x (B, N, N), theta (B, 2)) -> log L (B,)`` (float32, differentiable in theta)
+        from jax forms of the data vector ``data_fn(x) -> (B, D)`` and the mean
+        ``mean_fn(theta) -> (B, D)``."""
+        precision, norm = jnp.asarray(self.precision, jnp.float32), self._norm()
+
+        def fn(x, theta):
+            r = data_fn(jnp.asarray(x, jnp.float32)) - mean_fn(jnp.asarray(theta, jnp.float32))
+            return -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
+
+        return fn
+
+    def pairwise(self, maps, theta) -> np.ndarray:
+        """log L of every (map, theta) pair, (M, T)."""
+        d = self.data_vector(maps)
+        mu = self.mean(theta)
+        return self._loglike(d[:, None, :], mu[None, :, :])
+
+    def posterior(
+        self,
+        maps,
+        grid: ThetaGrid | None = None,
+        *,
+        per_map: bool = False,
+        log_prior=None,
+        masses: Sequence[float] = MASSES,
+    ) -> GridPosterior | list[GridPosterior]:
+        """Grid posterior of the maps under this likelihood.
+
+        The grid is clipped (with a warning) to the emulator's range.
+        """
+        grid = theta_grid() if grid is None else grid
+        grid = clip_grid(grid, self.theta_low, self.theta_high, what="the emulator's range")
+        return grid_posterior(
+            self.pairwise,
+            maps,
+            grid,
+            per_map=per_map,
+            log_prior=log_prior,
+            masses=masses,
+            chunk=1 << 16,
+            pairwise=True,
+            n=self.n,
+        )

@@ -1,0 +1,207 @@
+"""Gaussian likelihoods of summaries of a map: the power spectrum, the flow's score at the
+fiducial theta (score compression), or both.
+
+A summary t(x) compresses a map into D numbers. Its likelihood is Gaussian,
+
+    log L(theta) = -1/2 (t - mu(theta))^T Psi (t - mu(theta)) + 1/2 log det(Psi / 2 pi),
+
+with the mean mu(theta) emulated from simulations across the prior
+(:class:`~fieldflow.inference.emulator.SummaryEmulator`) and Psi = h C_hat^-1 from fiducial
+simulations (Hartlap-corrected). With t the binned P(k) this is the classical power-spectrum
+likelihood; with t the score of a trained flow at the fiducial theta,
+
+    t(x) = grad_theta log q(x | theta_fid),
+
+it is the score-compressed likelihood (Alsing & Wandelt 2018): the two numbers carry, to first
+order about theta_fid, all the information the flow sees, and the Gaussian likelihood with a
+covariance measured on simulations is honest even where q itself is overconfident (its score
+is only a summary here, its curvature is not trusted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from data_gen.cosmology import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE
+from fieldflow.inference.emulator import SummaryEmulator
+from fieldflow.inference.gaussian import GaussianLikelihood, fiducial_covariance
+from fieldflow.validation import check_maps
+
+__all__ = [
+    "Summary",
+    "power_spectrum_summary",
+    "flow_score_summary",
+    "concatenate_summaries",
+    "SummaryLikelihood",
+]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Summary:
+    """A compression of maps (B, N, N) into D numbers per map.
+
+    ``fn`` is jax-traceable (``fn(x (B, N, N) float32) -> (B, D)``); ``labels`` name the D
+    components; ``log_link[j]`` says component j is positive and its mean is emulated as
+    exp(polynomial) (P(k)), else as a polynomial (a score). Maps are summarised ``chunk``
+    at a time (fewer maps: the next power of two), the last chunk padded, so that few
+    shapes are compiled.
+    """
+
+    name: str
+    fn: Callable
+    labels: tuple[str, ...]
+    log_link: tuple[bool, ...]
+    n: int | None = None
+    chunk: int = 256
+
+    @property
+    def dim(self) -> int:
+        return len(self.labels)
+
+    def __call__(self, maps) -> np.ndarray:
+        """The summaries of maps (M, N, N), float64 (M, D)."""
+        x, _ = check_maps(np.asarray(maps), self.n, name="maps")
+        chunk = max(1, min(int(self.chunk), 1 << (len(x) - 1).bit_length()))
+        out = []
+        for i in range(0, len(x), chunk):
+            idx = np.minimum(np.arange(i, i + chunk), len(x) - 1)
+            out.append(np.asarray(self.fn(jnp.asarray(x[idx])), np.float64)[: len(x) - i])
+        return np.concatenate(out)
+
+
+def power_spectrum_summary(n: int, box: float, k_max: float | None = None) -> Summary:
+    """Binned P(k) (``fieldflow.fourier.power_spectrum``) of N x N maps of side ``box``
+    (h^-1 Mpc), bins up to ``k_max`` (h/Mpc; default Nyquist)."""
+    from fieldflow import fourier
+
+    edges = fourier.k_bin_edges(n, box)
+    if k_max is not None:
+        keep = int(np.sum(fourier.k_bin_centers(edges) <= float(k_max)))
+        if keep < 1:
+            raise ValueError(f"k_max = {k_max} h/Mpc leaves no bin")
+        edges = edges[: keep + 1]
+    centres = fourier.k_bin_centers(edges)
+    return Summary(
+        "P(k)",
+        lambda x: fourier.power_spectrum(x, box, edges),
+        tuple(f"P(k={k:.3g})" for k in centres),
+        (True,) * len(centres),
+        n,
+    )
+
+
+def flow_score_summary(model, theta: Sequence[float] = FIDUCIAL_THETA, chunk: int = 256) -> Summary:
+    """The score of a conditional flow at one theta, t(x) = grad_theta log q(x | theta),
+    (B, 2): the score compression of Alsing & Wandelt (2018); ``chunk`` maps per call."""
+    from fieldflow.inference.likelihoods import grad_log_prob_theta
+
+    score = grad_log_prob_theta(model)
+    t0 = jnp.asarray(theta, jnp.float32)
+
+    def fn(x):
+        return score(x, jnp.broadcast_to(t0, (x.shape[0], t0.shape[0])))
+
+    return Summary(
+        "flow score",
+        fn,
+        ("dlnq/dOmega_m", "dlnq/dsigma_8"),
+        (False, False),
+        model.shape[0],
+        chunk,
+    )
+
+
+def concatenate_summaries(*summaries: Summary) -> Summary:
+    """The summaries side by side (e.g. P(k) and the flow score)."""
+    if not summaries:
+        raise ValueError("no summary to concatenate")
+    ns = {s.n for s in summaries if s.n is not None}
+    if len(ns) > 1:
+        raise ValueError(f"the summaries are of maps of different sizes {sorted(ns)}")
+    fns = [s.fn for s in summaries]
+    return Summary(
+        " + ".join(s.name for s in summaries),
+        lambda x: jnp.concatenate([fn(x) for fn in fns], axis=-1),
+        sum((s.labels for s in summaries), ()),
+        sum((s.log_link for s in summaries), ()),
+        ns.pop() if ns else None,
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SummaryLikelihood(GaussianLikelihood):
+    """The Gaussian likelihood of a :class:`Summary` (module doc): ``emulator`` for the mean,
+    ``cov`` / ``precision`` / ``hartlap`` from ``n_fiducial`` fiducial simulations."""
+
+    summary: Summary
+    emulator: SummaryEmulator
+    cov: np.ndarray
+    precision: np.ndarray
+    hartlap: float
+    n_fiducial: int
+    fit_report: dict
+
+    theta_low = property(lambda self: self.emulator.theta_low)
+    theta_high = property(lambda self: self.emulator.theta_high)
+    n = property(lambda self: self.summary.n)
+
+    @classmethod
+    def fit(
+        cls,
+        summary: Summary,
+        train_maps,
+        train_theta,
+        fiducial_maps,
+        *,
+        degree: int = 3,
+        fiducial_theta: Sequence[float] = FIDUCIAL_THETA,
+        theta_low: Sequence[float] = (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
+        theta_high: Sequence[float] = (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
+    ) -> SummaryLikelihood:
+        """Emulate mu(theta) from the summaries of (train_maps, train_theta) and the
+        covariance from those of ``fiducial_maps``.
+
+        ValueError when the fiducial maps do not outnumber the components by 3 (Hartlap) or
+        the training maps are too few for the emulator. ``fit_report`` records the
+        emulator's deviation from the fiducial maps' mean summary in units of its standard
+        error.
+        """
+        fid = summary(fiducial_maps)
+        cov, precision, h = fiducial_covariance(fid)
+        emulator = SummaryEmulator.fit(
+            summary(train_maps),
+            train_theta,
+            summary.log_link,
+            degree=degree,
+            theta_low=theta_low,
+            theta_high=theta_high,
+        )
+        se = fid.std(axis=0, ddof=1) / np.sqrt(len(fid))
+        report = {
+            "summary": summary.name,
+            "labels": list(summary.labels),
+            **emulator.fit_report,
+            "n_fiducial": len(fid),
+            "hartlap": h,
+            "fiducial_dev_over_stderr": (
+                (emulator.mean(fiducial_theta)[0] - fid.mean(axis=0)) / se
+            ).tolist(),
+        }
+        return cls(summary, emulator, cov, precision, h, len(fid), report)
+
+    def data_vector(self, maps) -> np.ndarray:
+        """t(x) of the maps, (M, D)."""
+        return self.summary(maps)
+
+    def mean(self, theta) -> np.ndarray:
+        """Emulated mean t, (T, D) for theta (T, 2) or (2,)."""
+        return self.emulator.mean(theta)
+
+    def log_like_fn(self) -> Callable:
+        """log L as a jax function ``fn(x (B, N, N), theta (B, 2)) -> (B,)``, differentiable
+        in theta (for the score test, :func:`fieldflow.inference.score_and_hessian`)."""
+        return self._jax_log_like(self.summary.fn, self.emulator.mean_fn())

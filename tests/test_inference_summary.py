@@ -1,0 +1,83 @@
+"""Gaussian likelihoods of summaries: the P(k) one is the power-spectrum likelihood, the
+flow's score compresses a map into two numbers, and the emulator recovers known means."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import data_gen
+from fieldflow import inference as inf
+
+N, BOX = 8, 32.0
+
+
+@pytest.fixture(scope="module")
+def grf_sets():
+    """GRF maps: 120 across the prior (training), 80 at the fiducial theta."""
+    theta = data_gen.design_theta(120, seed=2)
+    fid_theta = np.tile(np.float32([0.3, 0.8]), (80, 1))
+    maps = data_gen.grf(jax.random.key(3), np.concatenate([theta, fid_theta]), n=N, box=BOX)
+    return (maps[:120], theta), maps[120:]
+
+
+def test_power_spectrum_summary_gives_the_power_spectrum_likelihood(grf_sets):
+    (train, theta), fid = grf_sets
+    ps = inf.PowerSpectrumLikelihood.fit(train, theta, fid, BOX, degree=2)
+    summ = inf.SummaryLikelihood.fit(
+        inf.power_spectrum_summary(N, BOX), train, theta, fid, degree=2
+    )
+    np.testing.assert_allclose(summ.emulator.coef, ps.emulator.coef, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(summ.precision, ps.precision, rtol=1e-5)
+    grid = inf.theta_grid(5, 5)
+    np.testing.assert_allclose(
+        summ.pairwise(fid[:3], grid.points), ps.pairwise(fid[:3], grid.points), rtol=1e-5
+    )
+    # the jax form (for score tests) agrees with the numpy one
+    pairs = np.tile([[0.31, 0.83]], (3, 1))
+    np.testing.assert_allclose(
+        summ.log_like_fn()(fid[:3], pairs), summ(fid[:3], pairs), rtol=1e-4, atol=1e-3
+    )
+    np.testing.assert_allclose(ps.log_like_fn()(fid[:3], pairs), ps(fid[:3], pairs), rtol=1e-4)
+
+
+def test_flow_score_compression(grf_sets, flows):
+    (train, theta), fid = grf_sets
+    model = flows["trenf"].module
+    score = inf.flow_score_summary(model, chunk=4)  # one compiled shape: 4 maps
+    t = score(fid[:5])  # two chunks, the second padded
+    expected = inf.grad_log_prob_theta(model)(fid[:5], np.tile([0.3, 0.8], (5, 1)))
+    np.testing.assert_allclose(t, expected, rtol=1e-5)
+    both = inf.concatenate_summaries(inf.power_spectrum_summary(N, BOX), score)
+    assert both.dim == N // 2 + 2 and both.log_link == (True,) * (N // 2) + (False, False)
+    like = inf.SummaryLikelihood.fit(score, train, theta, fid[:60], degree=2)
+    assert like.fit_report["labels"] == list(score.labels) and like.n_fiducial == 60
+    np.testing.assert_allclose(like.cov, np.cov(score(fid[:60]), rowvar=False), rtol=1e-6)
+    post = like.posterior(fid[60:], inf.theta_grid(12, 12))
+    np.testing.assert_allclose(post.post.sum(), 1.0, rtol=1e-6)
+
+
+def test_summary_emulator_recovers_known_means():
+    theta = data_gen.design_theta(40, seed=0).astype(np.float64)
+    u = 2 * (theta - [0.1, 0.5]) / ([0.5, 1.1] - np.array([0.1, 0.5])) - 1
+    y = np.stack([1 + u[:, 0] - 2 * u[:, 0] * u[:, 1], np.exp(0.5 * u[:, 1] ** 2)], axis=1)
+    emu = inf.SummaryEmulator.fit(y, theta, (False, True), degree=2)
+    np.testing.assert_allclose(emu.mean(theta), y, rtol=1e-8)
+    np.testing.assert_allclose(emu.mean_fn()(theta.astype(np.float32)), y, rtol=1e-5)
+    with pytest.raises(ValueError, match="<= 0"):
+        inf.SummaryEmulator.fit(-y, theta, (False, True))
+    with pytest.raises(ValueError, match="too few"):
+        inf.SummaryEmulator.fit(y[:10], theta[:10], False, degree=3)
+
+
+def test_bad_summaries_raise(grf_sets, flows):
+    (train, theta), fid = grf_sets
+    with pytest.raises(ValueError, match="fiducial simulations"):
+        inf.SummaryLikelihood.fit(inf.power_spectrum_summary(N, BOX), train, theta, fid[:6])
+    with pytest.raises(ValueError, match="different sizes"):
+        inf.concatenate_summaries(
+            inf.power_spectrum_summary(16, BOX), inf.flow_score_summary(flows["trenf"].module)
+        )
+    with pytest.raises(ValueError, match="shape"):
+        inf.power_spectrum_summary(N, BOX)(np.zeros((2, N + 1, N + 1)))
