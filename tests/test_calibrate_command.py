@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import CALIBRATION_THETA, CONCAVE_RUN
 
+from fieldflow import inference
 from fieldflow.cli import main
 
 pytestmark = CONCAVE_RUN
@@ -47,6 +48,7 @@ def test_calibrate_writes_score_tests_and_an_adjustment(calibrated):
         assert t["n_maps"] == 16 and len(t["mean_score"]) == 2
         if t["used"]:
             assert len(t["eigenvalues"]) == 2 and min(t["eigenvalues"]) > 0
+    assert summary["score_compressed_file"] == str(calibrated / "score_compressed.json")
     cal = json.loads((calibrated / "calibration.json").read_text())
     assert np.asarray(cal["matrices"]).shape == (sum(t["used"] for t in tests), 2, 2)
 
@@ -58,7 +60,14 @@ def test_infer_reports_the_adjusted_posterior_beside_the_raw_one(
     assert main([*argv, "--calibration", str(calibrated / "calibration.json")]) == 0
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["default_posterior"] == "TRENF (curvature-adjusted)"
-    assert set(summary["posteriors"]) == {"TRENF", "TRENF (curvature-adjusted)"}
+    methods = {"TRENF", "TRENF (curvature-adjusted)", "TRENF (score-compressed)"}
+    assert set(summary["posteriors"]) == methods
+    for post in summary["posteriors"].values():
+        assert 0.2 < post["mean"][0] < 0.5 and post["fom"] > 0
+    assert main([*argv[:3], str(tmp_path / "s"), "--grid", "16", "--posterior", "score",
+                 "--calibration", str(calibrated / "calibration.json")]) == 0  # fmt: skip
+    chosen = json.loads((tmp_path / "s" / "summary.json").read_text())["default_posterior"]
+    assert chosen == "TRENF (score-compressed)"
     # without a calibration file: the raw posterior, with a warning
     with pytest.warns(UserWarning, match="coverage is unchecked"):
         assert main(argv[:3] + [str(tmp_path / "r"), "--grid", "16"]) == 0
@@ -74,3 +83,12 @@ def test_a_calibration_of_another_model_is_refused(
     assert "another model" in capsys.readouterr().err
     assert main([*argv, "--posterior", "adjusted"]) == 2
     assert "fieldflow calibrate" in capsys.readouterr().err
+    from fieldflow.checkpoint import load
+    from fieldflow.inference import SummaryLikelihood
+
+    with pytest.raises(ValueError, match="another model"):
+        SummaryLikelihood.load(
+            calibrated / "score_compressed.json",
+            load(tiny_run_dir),
+            model_fingerprint=inference.model_fingerprint(load(tiny_run_dir)),
+        )

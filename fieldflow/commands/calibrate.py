@@ -8,7 +8,10 @@ and covariance C = F = -E[Hessian]; the eigenvalues of F^-1 C say by how much th
 too narrow (sqrt per direction). From F and C the curvature adjustment of the likelihood is
 written to ``RUN_DIR/calibration/calibration.json`` (with ``summary.json``: every score test);
 ``fieldflow infer`` then reports the adjusted
-posterior, whose covariance is the sandwich F^-1 C F^-1, beside the raw one. The file is tied
+posterior, whose covariance is the sandwich F^-1 C F^-1, beside the raw one. It also writes
+``score_compressed.json``: the score-compressed likelihood, a Gaussian likelihood of the
+flow's score at the fiducial theta with its mean emulated over the training maps and its
+covariance from the fiducial maps, which ``fieldflow infer`` reports too. The files are tied
 to this model and data set and refused for any other.
 """
 
@@ -21,6 +24,7 @@ from fieldflow.commands import subparser
 HELP = "score test of a run's likelihood and its curvature adjustment (calibration.json)"
 EXAMPLES = ["fieldflow calibrate runs/trenf data/lognormal --theta 0.3 0.8 --num 64"]
 CALIBRATION_FILE = "calibration.json"
+SCORE_FILE = "score_compressed.json"
 CALIBRATION_DIR = "calibration"
 
 
@@ -80,11 +84,22 @@ def run(args) -> dict:
     )
     out = Path(args.out) if args.out else default_calibration(args.run_dir).parent
     path = adjustment.save(out / CALIBRATION_FILE)
+    score_path = None
+    if "fiducial" in splits:
+        score = inference.SummaryLikelihood.fit(
+            inference.flow_score_summary(model),
+            *splits["train"],
+            splits["fiducial"][0],
+            theta_low=(om_range[0], s8_range[0]),
+            theta_high=(om_range[1], s8_range[1]),
+        )
+        score_path = score.save(out / SCORE_FILE, fp)
     summary = {
         "command": "calibrate",
         "run_dir": str(args.run_dir),
         "data_dir": str(args.data_dir),
         "calibration_file": str(path),
+        "score_compressed_file": None if score_path is None else str(score_path),
         "maps": sources,
         "score_tests": list(adjustment.tests),
     }
@@ -95,5 +110,5 @@ def run(args) -> dict:
             f"theta = ({test['theta'][0]:.3f}, {test['theta'][1]:.3f}): eigenvalues of F^-1 C "
             f"{eig or 'n/a'} (1 = honest; > 1 overconfident)"
         )
-    print(f"wrote {path}")
+    print(f"wrote {path}" + ("" if score_path is None else f" and {score_path}"))
     return summary

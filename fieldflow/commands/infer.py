@@ -11,11 +11,17 @@ Which posterior is reported: when the run has been calibrated (``fieldflow calib
 curvature-adjusted flow posterior, whose covariance is the sandwich F^-1 C F^-1 measured on
 simulations, is the default and the raw one is shown beside it; without a calibration file
 the raw flow posterior is reported with a warning that its coverage is unchecked (learned
-likelihoods of N-body maps are overconfident). ``--posterior``
-chooses. Writes ``posterior.png`` (68% and 95% HPD contours; the true theta when the file
-gives it for a single map), ``posterior.npz`` (the grid's ``om``, ``s8`` and each method's
-cell probabilities) and ``summary.json`` (means, standard deviations, correlation, MAP,
-HPD areas and FoM = 1 / area of the 68% region).
+likelihoods of N-body maps are overconfident). ``fieldflow calibrate`` also writes the
+score-compressed likelihood (``score_compressed.json`` beside the calibration file: a Gaussian
+likelihood of the flow's score at the fiducial theta), whose posterior is shown beside the
+others. ``--posterior`` chooses. Writes ``posterior.png`` (68% and 95% HPD contours; the
+true theta when the file gives it for a single map), ``posterior.npz`` (the grid's ``om``,
+``s8`` and each method's cell probabilities) and ``summary.json`` (means, standard
+deviations, correlation, MAP, HPD areas and FoM = 1 / area of the 68% region).
+
+With ``--mask`` or ``--noise``, the field-level posterior of one noisy, masked map instead:
+theta and the field sampled jointly with the flow as prior (BlackJAX MCLMC or NUTS, several
+chains, R-hat and ESS), see ``fieldflow.field_level.command``.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from pathlib import Path
 
 from fieldflow.commands import subparser
 from fieldflow.commands.calibrate import default_calibration
+from fieldflow.field_level import command as field_level
 
 HELP = "posterior on (Ωm, σ8) of a map file, with its contour plot"
 EXAMPLES = [
     "fieldflow infer runs/trenf data/lognormal/shard_00000.npz out/infer --index 0 "
     "--lognormal-box 128",
     "fieldflow infer runs/trenf data/lognormal/shard_00000.npz out/infer_joint --grid 20",
+    "fieldflow infer runs/trenf data/lognormal/shard_00000.npz out/infer_field --index 0 "
+    "--mask 0.2 --noise 0.3 --sampler nuts --chains 2 --warmup 30 --samples 40",
 ]
 
 
@@ -47,9 +56,10 @@ def add_parser(subparsers):
     p.add_argument("--grid", type=int, default=60, help="grid points per parameter")
     p.add_argument(
         "--posterior",
-        choices=("auto", "raw", "adjusted"),
+        choices=("auto", "raw", "adjusted", "score"),
         default="auto",
-        help="auto: curvature-adjusted when the calibration file exists, else raw",
+        help="auto: curvature-adjusted when the calibration file exists, else raw; score: "
+        "the score-compressed likelihood",
     )
     p.add_argument(
         "--calibration",
@@ -63,6 +73,7 @@ def add_parser(subparsers):
         default=None,
         help="also the exact lognormal posterior, for maps of this box size (h^-1 Mpc)",
     )
+    field_level.add_arguments(p)
     return p
 
 
@@ -78,6 +89,8 @@ def run(args) -> dict:
     if not model.cond_dim:
         raise ValueError("inference needs a conditional model (trained on (Omega_m, sigma_8))")
     maps, theta, _ = read_maps(args.map_file, args.index)
+    if field_level.wanted(args):
+        return field_level.run_field_level(args, model, maps, theta)
     om_range, s8_range = inference.model_theta_range(model)
     grid = inference.theta_grid(args.grid, args.grid, om_range, s8_range)
     calibration = args.calibration or default_calibration(args.run_dir)
@@ -117,24 +130,27 @@ def run(args) -> dict:
 
 
 def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tuple[dict, str]:
-    """The raw and (when the ``calibration`` file exists, or asked for) curvature-adjusted
-    joint posteriors of the maps, and the name of the one to report."""
+    """The raw and (when the ``calibration`` file exists, or asked for) curvature-adjusted and
+    score-compressed joint posteriors of the maps, and the name of the one to report."""
     import warnings
 
     import numpy as np
 
     from fieldflow import inference
+    from fieldflow.commands.calibrate import SCORE_FILE
 
     path = Path(calibration)
-    if which == "adjusted" and not path.is_file():
-        raise ValueError(f"{path} does not exist: run `fieldflow calibrate` first")
+    score_path = path.with_name(SCORE_FILE)
+    needed = {"adjusted": path, "score": score_path}.get(which)
+    if needed is not None and not needed.is_file():
+        raise ValueError(f"{needed} does not exist: run `fieldflow calibrate` first")
     if hasattr(model, "check_support"):
         model.check_support(np.asarray(maps), "maps")
     log_like = inference.flow_log_like_fn(model)
     raw_ll = inference.grid_log_likelihood(log_like, maps, grid, per_map=True, n=model.shape[0])
     name = {"trenf": "TRENF", "realnvp": "RealNVP"}.get(model.model_type, model.model_type)
     posteriors = {name: inference.posterior_from_loglike(raw_ll.sum(axis=0), grid)}
-    if which == "raw" or not path.is_file():
+    if which == "raw" or not (path.is_file() or score_path.is_file()):
         if which == "auto":
             warnings.warn(
                 f"no {path}: the raw flow posterior's coverage is unchecked "
@@ -142,9 +158,17 @@ def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tupl
                 stacklevel=2,
             )
         return posteriors, name
-    adjustment = inference.CurvatureAdjustment.load(path, model=inference.model_fingerprint(model))
-    adjusted = f"{name} (curvature-adjusted)"
-    posteriors[adjusted] = inference.adjusted_posteriors(
-        log_like, maps, grid, adjustment, per_map=False, raw_loglike=raw_ll, n=model.shape[0]
-    )
-    return posteriors, adjusted
+    fp = inference.model_fingerprint(model)
+    names = {}
+    if path.is_file():
+        adjustment = inference.CurvatureAdjustment.load(path, model=fp)
+        names["adjusted"] = f"{name} (curvature-adjusted)"
+        posteriors[names["adjusted"]] = inference.adjusted_posteriors(
+            log_like, maps, grid, adjustment, per_map=False, raw_loglike=raw_ll, n=model.shape[0]
+        )
+    if score_path.is_file():
+        score = inference.SummaryLikelihood.load(score_path, model, model_fingerprint=fp)
+        names["score"] = f"{name} (score-compressed)"
+        posteriors[names["score"]] = score.posterior(maps, grid)
+    default = names.get(which) or names.get("adjusted") or names["score"]
+    return posteriors, default

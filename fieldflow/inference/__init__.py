@@ -80,6 +80,7 @@ from fieldflow.inference.summary import (
     concatenate_summaries,
     flow_score_summary,
     power_spectrum_summary,
+    summary_from_spec,
 )
 from fieldflow.validation import check_maps
 
@@ -116,6 +117,7 @@ __all__ = [
     "concatenate_summaries",
     "flow_score_summary",
     "power_spectrum_summary",
+    "summary_from_spec",
     "fiducial_covariance",
     "hartlap_factor",
     "coverage_summary",

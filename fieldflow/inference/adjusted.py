@@ -84,6 +84,27 @@ def model_fingerprint(model) -> str:
     return fingerprint({"type": model.model_type, "config": model.config, "params": sums})
 
 
+def read_calibration_json(path, fmt: str, *, model: str | None, data: str | None) -> dict:
+    """A calibration file's contents; ValueError when it is not a ``fmt`` file, or when it was
+    made for another model or data set than the fingerprints ``model`` / ``data`` (when
+    given)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read calibration file {path}: {err}") from None
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        raise ValueError(f"{path} is not a fieldflow calibration file ({fmt})")
+    for what, expected in (("model", model), ("data set", data)):
+        found = d["fingerprint"].get(what.split()[0])
+        if expected is not None and found != expected:
+            raise ValueError(
+                f"{path} was made for another {what} (fingerprint {found}, this one is "
+                f"{expected}): calibrate this one with `fieldflow calibrate`"
+            )
+    return d
+
+
 @dataclasses.dataclass(frozen=True)
 class CurvatureAdjustment:
     """Adjustment matrices A(theta_k) at design points theta_k and how they were measured.
@@ -130,20 +151,7 @@ class CurvatureAdjustment:
     def load(cls, path, *, model: str | None = None, data: str | None = None):
         """Read a calibration file; ValueError when it is not one, or when it was made for
         another model or data set than the fingerprints ``model`` / ``data`` (when given)."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read calibration file {path}: {err}") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a fieldflow calibration file")
-        for what, expected in (("model", model), ("data set", data)):
-            found = d["fingerprint"].get(what.split()[0])
-            if expected is not None and found != expected:
-                raise ValueError(
-                    f"{path} was made for another {what} (fingerprint {found}, this one is "
-                    f"{expected}): calibrate this one with `fieldflow calibrate`"
-                )
+        d = read_calibration_json(path, FORMAT, model=model, data=data)
         return cls(
             theta=np.asarray(d["theta"], np.float64),
             matrices=np.asarray(d["matrices"], np.float64),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +32,11 @@ from fieldflow.inference.emulator import SummaryEmulator
 from fieldflow.inference.gaussian import GaussianLikelihood, fiducial_covariance
 from fieldflow.validation import check_maps
 
+FORMAT = "fieldflow-summary-likelihood-1"
+
 __all__ = [
     "Summary",
+    "summary_from_spec",
     "power_spectrum_summary",
     "flow_score_summary",
     "concatenate_summaries",
@@ -48,7 +52,7 @@ class Summary:
     components; ``log_link[j]`` says component j is positive and its mean is emulated as
     exp(polynomial) (P(k)), else as a polynomial (a score). Maps are summarised ``chunk``
     at a time (fewer maps: the next power of two), the last chunk padded, so that few
-    shapes are compiled.
+    shapes are compiled. ``spec`` describes it in JSON (:func:`summary_from_spec`).
     """
 
     name: str
@@ -57,6 +61,7 @@ class Summary:
     log_link: tuple[bool, ...]
     n: int | None = None
     chunk: int = 256
+    spec: dict = dataclasses.field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -91,6 +96,7 @@ def power_spectrum_summary(n: int, box: float, k_max: float | None = None) -> Su
         tuple(f"P(k={k:.3g})" for k in centres),
         (True,) * len(centres),
         n,
+        spec={"kind": "power_spectrum", "n": int(n), "box": float(box), "k_max": k_max},
     )
 
 
@@ -112,6 +118,7 @@ def flow_score_summary(model, theta: Sequence[float] = FIDUCIAL_THETA, chunk: in
         (False, False),
         model.shape[0],
         chunk,
+        {"kind": "flow_score", "theta": [float(v) for v in theta]},
     )
 
 
@@ -129,7 +136,23 @@ def concatenate_summaries(*summaries: Summary) -> Summary:
         sum((s.labels for s in summaries), ()),
         sum((s.log_link for s in summaries), ()),
         ns.pop() if ns else None,
+        min(s.chunk for s in summaries),
+        {"kind": "concatenated", "parts": [s.spec for s in summaries]},
     )
+
+
+def summary_from_spec(spec: dict, model=None) -> Summary:
+    """Rebuild a summary from its ``spec`` (``model``: the flow of a flow-score summary)."""
+    kind = spec.get("kind")
+    if kind == "power_spectrum":
+        return power_spectrum_summary(spec["n"], spec["box"], spec.get("k_max"))
+    if kind == "flow_score":
+        if model is None:
+            raise ValueError("a flow-score summary needs its model")
+        return flow_score_summary(model, spec["theta"])
+    if kind == "concatenated":
+        return concatenate_summaries(*(summary_from_spec(p, model) for p in spec["parts"]))
+    raise ValueError(f"unknown summary {spec!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -205,3 +228,59 @@ class SummaryLikelihood(GaussianLikelihood):
         """log L as a jax function ``fn(x (B, N, N), theta (B, 2)) -> (B,)``, differentiable
         in theta (for the score test, :func:`fieldflow.inference.score_and_hessian`)."""
         return self._jax_log_like(self.summary.fn, self.emulator.mean_fn())
+
+    def save(self, path, fingerprint: dict) -> Path:
+        """Write the likelihood (its summary's spec, emulator and covariance) as JSON, tied
+        to ``fingerprint`` ({"model": ..., "data": ...}, as a curvature adjustment)."""
+        from fieldflow.io import write_json
+
+        emu = self.emulator
+        return write_json(
+            path,
+            {
+                "format": FORMAT,
+                "fingerprint": fingerprint,
+                "summary": self.summary.spec,
+                "emulator": {
+                    "coef": emu.coef.tolist(),
+                    "degree": emu.degree,
+                    "log_link": emu.log_link.tolist(),
+                    "theta_low": emu.theta_low.tolist(),
+                    "theta_high": emu.theta_high.tolist(),
+                },
+                "cov": self.cov.tolist(),
+                "hartlap": self.hartlap,
+                "n_fiducial": self.n_fiducial,
+                "fit_report": self.fit_report,
+            },
+        )
+
+    @classmethod
+    def load(
+        cls, path, model=None, *, model_fingerprint: str | None = None, data: str | None = None
+    ) -> SummaryLikelihood:
+        """Read :meth:`save`'s file (``model``: the flow of a flow-score summary); ValueError
+        when it is not one or belongs to another model or data set (fingerprints)."""
+        from fieldflow.inference.adjusted import read_calibration_json
+
+        d = read_calibration_json(path, FORMAT, model=model_fingerprint, data=data)
+        e = d["emulator"]
+        emulator = SummaryEmulator(
+            np.asarray(e["coef"], np.float64),
+            int(e["degree"]),
+            np.asarray(e["log_link"], bool),
+            np.asarray(e["theta_low"], np.float64),
+            np.asarray(e["theta_high"], np.float64),
+            {},
+        )
+        cov = np.asarray(d["cov"], np.float64)
+        precision = float(d["hartlap"]) * np.linalg.inv(cov)
+        return cls(
+            summary_from_spec(d["summary"], model),
+            emulator,
+            cov,
+            0.5 * (precision + precision.T),
+            float(d["hartlap"]),
+            int(d["n_fiducial"]),
+            d["fit_report"],
+        )
