@@ -30,6 +30,8 @@ TINY_VALUES = {
     "--n-mesh": ["16"],
     "--n-steps": ["2"],
     "--repeats": ["1"],
+    "--calibrate": ["2"],
+    "--calibrate-contrast": ["1"],
 }
 # ... and, per command, given a tiny value or added when an example does not give them. The
 # tiny data set, run, quickstart and examples share their settings where they can, so that
