@@ -81,6 +81,12 @@ NON_RADIAL_SYMMETRIES = frozenset({"shift(3,5)", "shift(0,1)", "shift(4,-4)", "r
 REALNVP = dict(symmetries=frozenset({"shift(4,-4)"}), min_mixing=0.1)
 TRENF_STANDARDISATION = dict(data_shift=-0.3, data_scale=0.8)
 REALNVP_SMALL = dict(n_couplings_per_scale=2, hidden_channels=8, n_res_blocks=1)
+# a multiscale flow is invariant under shifts by multiples of 2^n_levels with an even sum
+# (in units of 2^n_levels): of the maps tested, only shift(4,-4) on 8x8 maps with one level
+MULTISCALE_SMALL = dict(
+    coarse_layers=1, coarse_hidden=(8,), detail_layers=1, detail_bins=4, detail_hidden=8
+)
+MULTISCALE_SMALL["unroll"] = False  # rolled coupling steps: less to compile
 
 
 def rbg_rngs(seed: int = 0) -> nnx.Rngs:
@@ -152,6 +158,14 @@ def build_pointwise_spline(n: int, cond_dim: int) -> nnx.Module:
         n, n_bins=5, bound=2.0, cond_dim=cond_dim, hidden=(8,), rngs=rbg_rngs()
     )
     return perturb_numpy(spline, seed=0, scale=0.5)
+
+
+def build_multiscale(n: int = 8, **kwargs) -> nnx.Module:
+    """A small multiscale flow (one Haar level, tiny widths), perturbed away from the identity."""
+    from fieldflow.models.multiscale import MultiscaleFlow
+
+    model = MultiscaleFlow((n, n), hidden=(8,), rngs=rbg_rngs(0), **MULTISCALE_SMALL, **kwargs)
+    return perturb_numpy(model, seed=2, scale=0.1)
 
 
 @dataclass(frozen=True)
@@ -251,6 +265,11 @@ FLOW_SPECS: dict[str, FlowSpec] = {
     ),
     "realnvp_1_scale_unconditional": FlowSpec(
         functools.partial(build_realnvp, n_scales=1, cond_dim=0), cond_dim=0, **REALNVP
+    ),
+    "multiscale": FlowSpec(
+        functools.partial(build_multiscale, log_offset=0.01, **TRENF_STANDARDISATION),
+        log_offset=0.01,
+        symmetries=frozenset({"shift(4,-4)"}),
     ),
 }
 

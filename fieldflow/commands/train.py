@@ -23,7 +23,7 @@ def add_parser(subparsers):
     p = subparser(subparsers, "train", HELP, EXAMPLES, __doc__)
     p.add_argument("data_dir", type=Path)
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--model", choices=("trenf", "realnvp"), default="trenf")
+    p.add_argument("--model", choices=("trenf", "realnvp", "multiscale"), default="trenf")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -37,6 +37,9 @@ def add_parser(subparsers):
     p.add_argument("--t-knots", type=int, default=0, help="TRENF kernel knots (0: N/2+1)")
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="TRENF MLP widths")
     p.add_argument("--channels", type=int, default=32, help="RealNVP conv channels")
+    p.add_argument("--levels", type=int, default=1, help="multiscale: Haar levels")
+    p.add_argument("--detail-layers", type=int, default=2, help="multiscale: detail layers")
+    p.add_argument("--detail-hidden", type=int, default=32, help="multiscale: detail MLP width")
     p.add_argument(
         "--log-offset",
         type=float,
@@ -56,6 +59,15 @@ def model_kwargs(args) -> dict:
         kw = {"n_layers": args.layers, "n_psi_bins": args.psi_bins, "hidden": tuple(args.hidden)}
         if args.t_knots:
             kw["n_t_knots"] = args.t_knots
+    elif args.model == "multiscale":  # --layers, --psi-bins, --hidden: its coarsest TRENF
+        kw = {
+            "n_levels": args.levels,
+            "coarse_layers": args.layers,
+            "coarse_psi_bins": args.psi_bins,
+            "coarse_hidden": tuple(args.hidden),
+            "detail_layers": args.detail_layers,
+            "detail_hidden": args.detail_hidden,
+        }
     else:
         kw = {"hidden_channels": args.channels}
     if args.log_offset is not None:

@@ -17,11 +17,12 @@ __all__ = ["TRENF", "MODEL_TYPES", "model_class", "build_model"]
 MODEL_TYPES = {
     "trenf": "fieldflow.models.trenf:TRENF",
     "realnvp": "fieldflow.models.realnvp:RealNVP",
+    "multiscale": "fieldflow.models.multiscale:MultiscaleFlow",
 }
 
 
 def model_class(model_type: str) -> type:
-    """The class registered under ``model_type`` ('trenf' or 'realnvp')."""
+    """The class registered under ``model_type`` ('trenf', 'realnvp' or 'multiscale')."""
     if model_type not in MODEL_TYPES:
         raise ValueError(
             f"unknown model type {model_type!r}; expected one of {sorted(MODEL_TYPES)}"

@@ -1,0 +1,103 @@
+"""Multiscale-flow specifics beyond the exactness contract (conftest.FLOW_SPECS "multiscale").
+
+The Haar split is orthogonal and its own inverse; log p is the sum of the level terms; the
+model is invariant under exactly the shifts that keep the Haar blocks and every level's
+checkerboard (multiples of 2^L with an even sum in units of 2^L) and under no other lattice
+map; extreme maps give finite values; the config rebuilds the model. The tests reuse the
+shared flow's compiled functions (same shapes), so they add little compile time.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import CONDS, MULTISCALE_SMALL, contrasts, rbg_rngs
+from flax import nnx
+
+from fieldflow.models import build_model
+from fieldflow.models.haar import haar_merge, haar_split
+from fieldflow.models.multiscale import MultiscaleFlow
+
+
+def test_haar_split_is_orthogonal_and_inverted_by_merge():
+    basis = jnp.eye(16, dtype=jnp.float32).reshape(16, 4, 4)
+    s, d = haar_split(basis)
+    matrix = np.concatenate([np.asarray(s).reshape(16, -1), np.asarray(d).reshape(16, -1)], 1)
+    np.testing.assert_allclose(matrix @ matrix.T, np.eye(16), atol=1e-6)
+    x = contrasts(8)
+    np.testing.assert_allclose(haar_merge(*haar_split(x)), x, atol=1e-6)
+    # the block [[a, b], [c, d]] = [[1, 0], [0, 0]] -> s = h = v = e = 1/2
+    s, d = haar_split(jnp.zeros((1, 2, 2)).at[0, 0, 0].set(1.0))
+    np.testing.assert_allclose(np.concatenate([s.ravel(), d.ravel()]), 0.5)
+
+
+def test_log_prob_is_the_sum_of_the_level_terms(flows):
+    model = flows["multiscale"].module
+    x, cond = contrasts(8), jnp.asarray(CONDS)
+    terms = model.level_log_probs(x, cond)
+    assert terms.shape == (3, model.n_levels + 2)
+    # the standardisation term: -N^2 log(scale) - sum log(1 + c + x)
+    expected = -64 * np.log(model.data_scale) - np.sum(np.log(1.01 + np.asarray(x)), axis=(1, 2))
+    np.testing.assert_allclose(terms[:, -1], expected, rtol=1e-5)
+    np.testing.assert_allclose(model.log_prob(x, cond), np.sum(terms, axis=1), rtol=1e-6)
+
+
+SHIFTS_KEPT = [(2, 2), (4, 0), (0, 4), (2, -2), (6, 2)]
+SHIFTS_BROKEN = [(2, 0), (0, 2), (1, 1), (1, 0), (4, 2)]
+
+
+def test_invariant_under_exactly_the_level_shifts(flows):
+    """One Haar level on 8x8 maps: shifts (a, b) with a, b even and (a + b) / 2 even."""
+    model = flows["multiscale"].module
+    x, cond = contrasts(8, seed=5), jnp.asarray(CONDS)
+    ref = model.log_prob(x, cond)
+    z = model.forward(x, cond)[0]
+    for shift in SHIFTS_KEPT:
+        moved = jnp.roll(x, shift, axis=(1, 2))
+        np.testing.assert_allclose(model.log_prob(moved, cond), ref, rtol=1e-5, err_msg=shift)
+        z_moved = model.forward(moved, cond)[0]
+        np.testing.assert_allclose(z_moved, jnp.roll(z, shift, axis=(1, 2)), atol=1e-5)
+    for shift in SHIFTS_BROKEN:
+        lp = model.log_prob(jnp.roll(x, shift, axis=(1, 2)), cond)
+        assert float(jnp.max(jnp.abs(lp - ref))) > 1e-2, shift
+
+
+def test_finite_for_extreme_maps_and_latents(flows):
+    model = flows["multiscale"].module
+    cond = jnp.asarray(CONDS)
+    x = np.array(contrasts(8, seed=6))
+    x[0, 1, 1], x[1, 4, 5], x[2] = 1e4, -1.0, 50.0  # a spike, an empty pixel, a flat map
+    assert bool(jnp.all(jnp.isfinite(model.log_prob(x, cond))))
+    z = 3.0 * jax.random.normal(jax.random.key(2), (3, 8, 8))
+    assert bool(jnp.all(jnp.isfinite(model.inverse(z, cond))))
+    # far-out latents may overflow exp(log(1 + c + x)) to inf, but never give NaN
+    assert not bool(jnp.any(jnp.isnan(model.inverse(10.0 * z, cond))))
+    assert bool(jnp.all(jnp.isfinite(model.sample(jax.random.key(3), cond))))
+
+
+def test_config_rebuilds_the_model(flows):
+    model = flows["multiscale"].module
+    config = json.loads(json.dumps(model.config))
+    rebuilt = build_model("multiscale", config, rbg_rngs(1))
+    assert rebuilt.num_params() == model.num_params()
+    nnx.update(rebuilt, nnx.state(model, nnx.Param))
+    x, cond = contrasts(8), jnp.asarray(CONDS)
+    np.testing.assert_array_equal(rebuilt.log_prob(x, cond), model.log_prob(x, cond))
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs, match",
+    [
+        ((10, 10), {}, "divisible"),
+        ((8, 8), {"n_levels": 2}, "divisible"),
+        ((8, 8), {"n_levels": 0}, "n_levels"),
+        ((8, 8), {"detail_bins": 1}, "detail_bins"),
+        ((8, 8), {"psi_bound": 0.0}, "psi_bound"),
+        ((8, 8), {"data_scale": -1.0}, "data_scale"),
+    ],
+)
+def test_bad_configuration_raises(shape, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MultiscaleFlow(shape, rngs=rbg_rngs(0), **{**MULTISCALE_SMALL, **kwargs})
