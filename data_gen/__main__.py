@@ -2,6 +2,7 @@
 
 Draws theta over the prior (Sobol or Latin hypercube), simulates, writes sharded .npz
 files and ``OUT_DIR/fiducial`` at FIDUCIAL_THETA; re-running the same command resumes.
+``--worker I --workers N`` writes only shard j with j % N == I (see ``data_gen.dataset``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_gen.dataset import SIMULATORS, generate_dataset, generate_options
+from data_gen.dataset import SIMULATORS, generate_dataset, generate_options, verify_dataset
 from data_gen.power import DEFAULT_BOX, DEFAULT_N
 
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=10, help="nbody: KDK steps")
     p.add_argument("--a-init", type=float, default=0.1, help="nbody: 2LPT scale factor")
     p.add_argument("--n-slabs", type=int, default=4, help="nbody: slabs per simulation")
+    p.add_argument("--worker", type=int, default=0, help="this worker's index (0..N-1)")
+    p.add_argument("--workers", type=int, default=1, help="N: workers sharing the data set")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -43,10 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     kw = generate_options(a.simulator, vars(a))
     try:
         cfg = generate_dataset(a.out_dir, a.simulator, a.n_sims, progress=not a.no_progress, **kw)
+        status = verify_dataset(a.out_dir, read=False)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"done: {cfg['n_sims']} {cfg['simulator']} simulations in {a.out_dir}")
+    if status["complete"]:
+        print(f"done: {cfg['n_sims']} {cfg['simulator']} simulations in {a.out_dir}")
+    else:
+        print(f"worker {a.worker}/{a.workers} done; {len(status['missing'])} shards to come")
     return 0
 
 

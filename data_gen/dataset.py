@@ -16,13 +16,31 @@ temporary name and renamed, with fixed zip timestamps, so an interrupted run res
 byte-identical files and never leaves a half-written shard under a final name. A directory
 whose manifest differs from the requested configuration is refused (``ValueError``); an
 existing shard that cannot be read is reported, never overwritten.
+
+Workers: ``generate_dataset(..., worker=i, workers=n)`` writes only the shards ``j`` with
+``j % n == i`` (of the design set and of ``fiducial/``), so n processes on as many machines
+sharing a file system fill one data set, each shard byte-identical to a one-process run. A
+shard's temporary file is locked (``flock``) while it is written: a second writer of the same
+shard (two workers given the same index) gets a ``ValueError``, and a stale temporary file left
+by a killed writer is reused. Whichever worker (or plain rerun) finds every shard present
+verifies all of them against the manifest (:func:`verify_dataset`).
+
+Simulations are independent, so splitting them over workers scales without communication. The
+particle-mesh simulator itself runs on one device: a 256^3 box (the paper's 128^2 maps with
+the default 2 N particles per side) needs well under 10 GB and fits any current GPU, so jaxpm's
+distributed mode (jaxdecomp's pencil-decomposed FFTs over several devices) only starts to pay
+for boxes that do not fit one device's memory, about 1024^3 particles and up (~100 B per
+particle: ~100 GB), or when the latency of a single box matters more than the throughput of
+many.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import socket
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +61,9 @@ __all__ = [
     "generate_dataset",
     "read_shard",
     "write_shard",
+    "check_worker",
+    "worker_shards",
+    "verify_dataset",
 ]
 
 SIMULATORS = ("grf", "lognormal", "nbody")
@@ -176,19 +197,44 @@ def simulate(cfg: dict, seeds: np.ndarray, theta: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float32).reshape(-1, cfg["n"], cfg["n"])
 
 
-def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an uncompressed .npz with fixed timestamps atomically (temporary name, then rename)."""
+def write_shard(path: Path, arrays: dict[str, np.ndarray], overwrite: bool = True) -> None:
+    """Write an uncompressed .npz with fixed timestamps atomically (temporary name, then rename).
+
+    The temporary file is locked while it is written: ValueError when another process is
+    writing the same shard, or (``overwrite=False``) when the shard exists by the time the
+    lock is taken; a stale temporary file (a killed writer's) is reused.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name, arr in arrays.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
-                zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE), buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{path} is being written by another process right now: two workers were "
+                "given the same shard (check --worker / --workers)"
+            ) from None
+        if not overwrite and path.exists():  # written by another worker meanwhile
+            if os.path.samestat(os.fstat(fh.fileno()), os.stat(tmp)):
+                os.unlink(tmp)
+            raise ValueError(
+                f"{path} was written by another process meanwhile: two workers were given the "
+                "same shard (check --worker / --workers)"
+            )
+        try:
+            fh.truncate(0)
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+                for name, arr in arrays.items():
+                    buf = io.BytesIO()
+                    np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+                    info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE)
+                    zf.writestr(info, buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def read_shard(path: Path, n: int | None = None) -> dict[str, np.ndarray]:
@@ -220,6 +266,7 @@ def read_shard(path: Path, n: int | None = None) -> dict[str, np.ndarray]:
 
 DERIVED_KEYS = ("particles_per_pixel",)
 
+_WORKER_OPTIONS = ("worker", "workers")
 _COMMON_OPTIONS = ("n", "box", "shard_size", "seed", "design", "n_fiducial")
 _SIMULATOR_OPTIONS = {
     "nbody": ("n_mesh", "n_steps", "a_init", "n_slabs"),
@@ -231,8 +278,25 @@ _SIMULATOR_OPTIONS = {
 def generate_options(simulator: str, options: dict) -> dict:
     """The keyword arguments of :func:`generate_dataset` for ``simulator`` among ``options``
     (e.g. ``vars()`` of parsed command-line arguments); the other simulators' are dropped."""
-    keys = _COMMON_OPTIONS + _SIMULATOR_OPTIONS.get(simulator, ())
+    keys = _COMMON_OPTIONS + _SIMULATOR_OPTIONS.get(simulator, ()) + _WORKER_OPTIONS
     return {k: options[k] for k in keys if k in options}
+
+
+def check_worker(worker: int, workers: int) -> None:
+    """ValueError unless ``0 <= worker < workers``."""
+    for name, v, lo in (("workers", workers, 1), ("worker", worker, 0)):
+        if isinstance(v, bool) or int(v) != v or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if worker >= workers:
+        raise ValueError(
+            f"worker index {worker} is out of range for {workers} workers (0..{workers - 1})"
+        )
+
+
+def worker_shards(n_shards: int, worker: int = 0, workers: int = 1) -> list[int]:
+    """The shards worker ``worker`` of ``workers`` writes: every ``workers``-th from ``worker``."""
+    check_worker(worker, workers)
+    return list(range(worker, n_shards, workers))
 
 
 def _check_manifest(directory: Path, cfg: dict) -> None:
@@ -256,9 +320,22 @@ def _check_manifest(directory: Path, cfg: dict) -> None:
             )
         return
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = man.with_name("manifest.json.tmp")
+    # one temporary name per process: workers may write the same manifest at once
+    tmp = man.with_name(f"manifest.json.{socket.gethostname()}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, man)
+
+
+def _expected(cfg: dict, thetas: np.ndarray, set_index: int, j: int) -> dict[str, np.ndarray]:
+    """The per-map arrays of shard j (all but the maps) that its configuration implies."""
+    size, per = cfg["shard_size"], cfg["maps_per_sim"]
+    lo, hi = j * size, min((j + 1) * size, cfg["n_sims"])
+    seeds = sim_seeds(cfg["seed"], set_index, lo, hi)
+    return {
+        "theta": np.repeat(thetas[lo:hi], per, axis=0).astype(np.float32),
+        "sim_id": np.repeat(np.arange(lo, hi, dtype=np.int64), per),
+        "seed": np.repeat(seeds, per),
+    }
 
 
 def _generate_set(
@@ -269,47 +346,93 @@ def _generate_set(
     progress: bool,
     desc: str,
     on_shard: Callable[[int], None] | None,
+    worker: int = 0,
+    workers: int = 1,
 ) -> None:
     from tqdm.auto import tqdm
 
     _check_manifest(directory, cfg)
     n_sims, size, per = cfg["n_sims"], cfg["shard_size"], cfg["maps_per_sim"]
     n_shards = -(-n_sims // size)
+    mine = worker_shards(n_shards, worker, workers)
     todo = []
-    for j in range(n_shards):
+    for j in mine:
         path = directory / f"shard_{j:05d}.npz"
         if path.exists():
             read_shard(path, cfg["n"])  # raises on a corrupt shard: never overwritten
         else:
             todo.append(j)
+    total = sum(min(size, n_sims - j * size) for j in mine)
     bar = tqdm(
-        total=n_sims,
-        desc=desc,
+        total=total,
+        desc=desc if workers == 1 else f"{desc} (worker {worker}/{workers})",
         unit="sim",
         disable=not progress,
-        initial=n_sims - sum(min(size, n_sims - j * size) for j in todo),
+        initial=total - sum(min(size, n_sims - j * size) for j in todo),
     )
     for j in todo:
         lo, hi = j * size, min((j + 1) * size, n_sims)
-        seeds = sim_seeds(cfg["seed"], set_index, lo, hi)
-        theta = thetas[lo:hi]
-        maps = simulate(cfg, seeds, theta)
+        expected = _expected(cfg, thetas, set_index, j)
+        maps = simulate(cfg, expected["seed"][::per], thetas[lo:hi])
         arrays = {
             "maps": maps,
-            "theta": np.repeat(theta, per, axis=0).astype(np.float32),
-            "sim_id": np.repeat(np.arange(lo, hi, dtype=np.int64), per),
-            "seed": np.repeat(seeds, per),
+            **expected,
             "simulator": np.array(cfg["simulator"]),
             "box": np.array(cfg["box"], np.float64),
             "slab": np.array(cfg["slab"], np.float64),
             "n": np.array(cfg["n"], np.int64),
             "version": np.array(cfg["version"]),
         }
-        write_shard(directory / f"shard_{j:05d}.npz", arrays)
+        write_shard(directory / f"shard_{j:05d}.npz", arrays, overwrite=False)
         bar.update(hi - lo)
         if on_shard is not None:
             on_shard(j)
     bar.close()
+
+
+def _set_arrays(cfg: dict) -> list[tuple[str, dict, np.ndarray, int]]:
+    """(subdirectory, configuration, theta, set index) of the design and fiducial sets."""
+    sets = [("", cfg, design_theta(cfg["n_sims"], cfg["seed"], cfg["design"]), 0)]
+    if cfg["n_fiducial"] > 0:
+        fcfg = dict(cfg, n_sims=cfg["n_fiducial"], n_fiducial=0, design="fiducial")
+        fth = np.tile(np.asarray(FIDUCIAL_THETA, np.float32), (cfg["n_fiducial"], 1))
+        sets.append(("fiducial", fcfg, fth, 1))
+    return sets
+
+
+def verify_dataset(out_dir: str | os.PathLike, read: bool = True) -> dict:
+    """Check a data set directory against its manifest.
+
+    Returns ``{"complete": bool, "missing": [paths of absent shards], "n_shards": int}``;
+    when complete (and ``read``), every shard has been read and its simulation ids, seeds and
+    theta checked against what the manifest implies (``read=False`` only lists the files).
+    ValueError for a missing or corrupt manifest, or a shard that is corrupt or belongs to
+    another configuration.
+    """
+    out = Path(out_dir)
+    man = out / "manifest.json"
+    try:
+        cfg = json.loads(man.read_text())
+        sets = _set_arrays(cfg)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{out} has no readable data set manifest: {err}") from None
+    paths = []
+    for sub, scfg, thetas, set_index in sets:
+        n_shards = -(-scfg["n_sims"] // scfg["shard_size"])
+        paths += [
+            (out / sub / f"shard_{j:05d}.npz", scfg, thetas, set_index, j) for j in range(n_shards)
+        ]
+    missing = [str(p[0]) for p in paths if not p[0].exists()]
+    if read and not missing:
+        for path, scfg, thetas, set_index, j in paths:
+            data = read_shard(path, scfg["n"])
+            expected = _expected(scfg, thetas, set_index, j)
+            if any(not np.array_equal(data[k], v) for k, v in expected.items()):
+                raise ValueError(
+                    f"shard {path} does not belong to the data set of {man} (its simulation "
+                    "ids, seeds or theta differ)"
+                )
+    return {"complete": not missing, "missing": missing, "n_shards": len(paths)}
 
 
 def generate_dataset(
@@ -318,22 +441,26 @@ def generate_dataset(
     n_sims: int = 1024,
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
+    worker: int = 0,
+    workers: int = 1,
     **config,
 ) -> dict:
     """Simulate a data set into ``out_dir`` (and ``out_dir/fiducial``), resuming if present.
 
     ``config`` are the keyword arguments of ``make_config`` (n, box, slab, nonlinear,
     shard_size, seed, design, n_fiducial, and for nbody n_mesh, n_steps, a_init, n_slabs).
-    Returns the configuration. ``on_shard(j)`` is called after shard j is written.
+    ``worker`` of ``workers`` writes only its own shards (see the module's docstring); once
+    every shard is present the whole set is verified (:func:`verify_dataset`). Returns the
+    configuration. ``on_shard(j)`` is called after shard j is written.
     """
+    check_worker(worker, workers)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory")
     cfg = make_config(simulator, n_sims, **config)
-    thetas = design_theta(n_sims, cfg["seed"], cfg["design"])
-    _generate_set(out, cfg, thetas, 0, progress, f"{simulator} design", on_shard)
-    if cfg["n_fiducial"] > 0:
-        fcfg = dict(cfg, n_sims=cfg["n_fiducial"], n_fiducial=0, design="fiducial")
-        fth = np.tile(np.asarray(FIDUCIAL_THETA, np.float32), (cfg["n_fiducial"], 1))
-        _generate_set(out / "fiducial", fcfg, fth, 1, progress, f"{simulator} fiducial", None)
+    for sub, scfg, thetas, set_index in _set_arrays(cfg):
+        desc = f"{simulator} {'design' if set_index == 0 else 'fiducial'}"
+        callback = on_shard if set_index == 0 else None
+        _generate_set(out / sub, scfg, thetas, set_index, progress, desc, callback, worker, workers)
+    verify_dataset(out)  # every shard, once all are present (ValueError on a foreign one)
     return cfg

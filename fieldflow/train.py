@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from fieldflow import distributed
 from fieldflow.checkpoint import CheckpointStore, read_model_json, write_model_json
 from fieldflow.validation import check_above, check_maps
 
@@ -174,7 +174,11 @@ def nll_per_pixel(model: nnx.Module, maps, theta=None, batch_size: int = 64) -> 
     maps, theta = _check_split("maps", (maps, theta), tuple(model.shape), int(model.cond_dim))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     chunk = min(batch_size, maps.shape[0])
-    total = _evaluate(make_eval_fn(graphdef, rest), params, maps, theta, chunk, jnp.asarray)
+
+    def put(a, idx=None):
+        return jnp.asarray(a if idx is None else a[idx])
+
+    total = _evaluate(make_eval_fn(graphdef, rest), params, maps, theta, chunk, put)
     return total / (maps.shape[1] * maps.shape[2])
 
 
@@ -224,8 +228,8 @@ def _evaluate(eval_fn, params, maps, theta, chunk: int, put) -> float:
         idx = np.arange(start, start + chunk)
         weight = (idx < maps.shape[0]).astype(np.float32)
         idx = np.minimum(idx, maps.shape[0] - 1)
-        c = None if theta is None else put(theta[idx])
-        total += float(eval_fn(params, put(maps[idx]), c, put(weight)))
+        c = None if theta is None else put(theta, idx)
+        total += float(eval_fn(params, put(maps, idx), c, put(weight)))
     return total / maps.shape[0]
 
 
@@ -277,16 +281,15 @@ def fit(
     val_maps, val_theta = _check_split("val", val, shape, cond_dim)
     n_pix = shape[0] * shape[1]
 
-    devices = jax.devices()
-    if config.data_parallel and len(devices) > 1 and config.batch_size % len(devices) == 0:
-        mesh = Mesh(np.array(devices), ("data",))
-        batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-        replicated = NamedSharding(mesh, PartitionSpec())
-    else:
-        batch_sharding = replicated = None
+    # one mesh over the devices of every process (fieldflow.distributed); each process
+    # reads only its own rows of a batch, and process 0 alone writes the plain files
+    batch_sharding, replicated = distributed.batch_shardings(
+        config.batch_size, config.data_parallel
+    )
+    primary = distributed.is_primary()
 
-    def put(a):
-        return a if batch_sharding is None else jax.device_put(a, batch_sharding)
+    def put(a, idx=None):
+        return distributed.put_rows(a, idx, batch_sharding)
 
     optimizer = make_optimizer(config)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -313,7 +316,8 @@ def fit(
                 )
         elif (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
             raise ValueError(f"{run_dir} already holds checkpoints: pass resume=True or a new dir")
-        write_model_json(run_dir, model)
+        if primary:
+            write_model_json(run_dir, model)
         store = CheckpointStore(run_dir)
         if resume:
             params, opt_state, meta = store.restore(params, opt_state)
@@ -346,16 +350,16 @@ def fit(
     bar = tqdm(
         total=config.steps,
         initial=start_step,
-        disable=not progress,
+        disable=not (progress and primary),
         desc="train",
         dynamic_ncols=True,
     )
     step = start_step
     while step < config.steps:
         idx = _batch_indices(train_maps.shape[0], config.batch_size, config.seed, step)
-        cond = None if train_theta is None else put(train_theta[idx])
+        cond = None if train_theta is None else put(train_theta, idx)
         key = jax.random.fold_in(base_key, step)
-        params, opt_state, loss = step_fn(params, opt_state, put(train_maps[idx]), cond, key)
+        params, opt_state, loss = step_fn(params, opt_state, put(train_maps, idx), cond, key)
         step += 1
         if step % 10 == 0 or step == config.steps or step % config.eval_every == 0:
             loss = float(loss)
@@ -408,7 +412,8 @@ def fit(
             or interrupted
         ):
             store.save(step, params, opt_state, meta(step))
-            _write_history(run_dir, history)
+            if primary:
+                _write_history(run_dir, history)
         if stopped_early or interrupted:
             break
     bar.close()
@@ -416,9 +421,10 @@ def fit(
     if store is not None:
         if diverged:
             history["diverged_at"] = step
-        _write_history(run_dir, history)
         store.close()
-        _plot_history(run_dir, history)
+        if primary:
+            _write_history(run_dir, history)
+            _plot_history(run_dir, history)
 
     if best["step"] == 0:  # no evaluation happened: keep the current parameters
         best_params = params

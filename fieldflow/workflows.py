@@ -88,7 +88,8 @@ def train_run(
             exact = -float(np.asarray(log_like).mean()) / np.prod(test[0].shape[1:])
             summary["exact_test_nll_per_pixel"] = float(exact)
             summary["gap_nats_per_pixel"] = summary["test_nll_per_pixel"] - float(exact)
-    write_json(Path(run_dir) / "summary.json", summary)
+    if jax.process_index() == 0:  # one writer when training across processes
+        write_json(Path(run_dir) / "summary.json", summary)
     return summary
 
 

@@ -3,6 +3,11 @@
 Draws theta over the prior, simulates GRF, lognormal or N-body (particle-mesh) maps and
 writes sharded ``.npz`` files, a ``manifest.json`` and, with ``--n-fiducial``, a
 ``fiducial/`` set at the fiducial theta; the same command again resumes an interrupted run.
+
+``--worker I --workers N`` (one process per machine, a shared directory) writes only shard
+j with j % N == I, byte-identical to a one-process run; whichever worker (or plain rerun)
+finds every shard present verifies the whole set against the manifest. Each worker writes
+``summary_worker<I>.json``; the summary says whether the set is complete.
 """
 
 from __future__ import annotations
@@ -42,17 +47,32 @@ def add_parser(subparsers):
     p.add_argument("--n-steps", type=int, default=10, help="nbody: PM steps")
     p.add_argument("--a-init", type=float, default=0.1, help="nbody: 2LPT scale factor")
     p.add_argument("--n-slabs", type=int, default=4, help="nbody: slabs per simulation")
+    p.add_argument("--worker", type=int, default=0, help="this worker's index (0..N-1)")
+    p.add_argument("--workers", type=int, default=1, help="N: workers sharing the data set")
     return p
 
 
 def run(args) -> dict:
-    from data_gen.dataset import generate_dataset, generate_options
+    from data_gen.dataset import check_worker, generate_dataset, generate_options, verify_dataset
 
+    check_worker(args.worker, args.workers)
     kw = generate_options(args.simulator, vars(args))
     cfg = generate_dataset(
         args.out_dir, args.simulator, args.n_sims, progress=not args.no_progress, **kw
     )
+    status = verify_dataset(args.out_dir, read=False)
     summary = {"command": "generate", "out_dir": str(args.out_dir), "config": cfg}
-    write_json(Path(args.out_dir) / "summary.json", summary)
-    print(f"wrote {cfg['n_sims']} {cfg['simulator']} simulations to {args.out_dir}")
+    name = "summary.json"
+    if args.workers > 1:
+        summary.update(worker=args.worker, workers=args.workers, complete=status["complete"])
+        summary["missing_shards"] = len(status["missing"])
+        name = f"summary_worker{args.worker}.json"
+    write_json(Path(args.out_dir) / name, summary)
+    if status["complete"]:
+        print(f"wrote {cfg['n_sims']} {cfg['simulator']} simulations to {args.out_dir}")
+    else:
+        print(
+            f"worker {args.worker}/{args.workers}: wrote its shards to {args.out_dir}; "
+            f"{len(status['missing'])} of {status['n_shards']} shards are still to come"
+        )
     return summary
