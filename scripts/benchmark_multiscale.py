@@ -76,7 +76,7 @@ def evaluate(model, splits, theta0, n_score: int | None = None, batch: int = 64)
             **{f"details_level_{i + 1}": float(v) for i, v in enumerate(terms[1:-1])},
             "standardisation": float(terms[-1]),
         }
-    if "fiducial" in splits:
+    if "fiducial" in splits and n_score != 0:
         fid = splits["fiducial"][0][:n_score]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
     p.add_argument("--detail-layers", type=int, default=2)
     p.add_argument("--detail-hidden", type=int, default=32)
     p.add_argument("--theta0", type=float, nargs=2, default=[0.3, 0.8])
-    p.add_argument("--n-score", type=int, default=None, help="fiducial maps of the score test")
+    p.add_argument("--n-score", type=int, default=None, help="score-test maps (0: none)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
