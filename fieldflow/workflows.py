@@ -93,6 +93,28 @@ def train_run(
     return summary
 
 
+def posterior_calibrate_run(
+    run_dir, data_dir, config=None, *, out_dir=None, progress: bool = True, seed: int = 0
+) -> dict:
+    """Fine-tune the flow of ``run_dir`` on its posterior
+    (``fieldflow.posterior_training.fine_tune``) with the data set's train / validation
+    splits, and write it as a run in ``out_dir`` (default RUN_DIR/posterior_calibrated).
+    Returns the fine-tuning report (validation losses before and after, history, wall time)
+    with ``run_dir``."""
+    from fieldflow.checkpoint import load
+    from fieldflow.data import load_dataset
+    from fieldflow.posterior_training import PosteriorTrainingConfig, fine_tune, save_run
+
+    config = config or PosteriorTrainingConfig(seed=seed)
+    out_dir = Path(out_dir or Path(run_dir) / "posterior_calibrated")
+    splits = load_dataset(data_dir, seed=seed)
+    model = load(run_dir)
+    report = fine_tune(model, splits["train"], splits["val"], config, progress=progress)
+    report = {"run_dir": str(out_dir), "trained_from": str(run_dir), **report}
+    save_run(model, out_dir, report)
+    return report
+
+
 def _set_complete(directory: Path) -> bool:
     """Whether a data set directory holds its manifest and every shard it announces."""
     import json
