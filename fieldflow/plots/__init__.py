@@ -6,6 +6,7 @@ their inline backend. Each function returns a ``matplotlib.figure.Figure``.
 """
 
 from fieldflow.plots.denoise import *  # noqa: F403
+from fieldflow.plots.field_level import *  # noqa: F403
 from fieldflow.plots.maps import *  # noqa: F403
 from fieldflow.plots.posteriors import *  # noqa: F403
 from fieldflow.plots.samples import *  # noqa: F403

@@ -1,0 +1,140 @@
+r"""The result of a field-level (or theta-only) run and its outputs: ``.npz``, ArviZ
+InferenceData (netCDF) and GetDist ``MCSamples``.
+
+The field's posterior mean and standard deviation per pixel are
+mean = <s>, std = sqrt(<s^2> - <s>^2) over all draws of all chains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from fieldflow.field_level.diagnostics import PARAM_NAMES, inference_data
+
+__all__ = ["FieldLevelResult", "load_result"]
+
+LABELS = {"omega_m": r"\Omega_m", "sigma_8": r"\sigma_8"}
+
+
+@dataclasses.dataclass
+class FieldLevelResult:
+    """Chains of theta (C, S, 2), field moments (N, N) (None for theta-only runs), diagnostics.
+
+    ``converged`` is False (and ``problems`` says why) when R-hat, ESS, divergences or a
+    stray chain fail the checks of :func:`~fieldflow.field_level.diagnostics.chain_diagnostics`.
+    """
+
+    sampler: str
+    theta: np.ndarray
+    logdensity: np.ndarray
+    divergent: np.ndarray
+    field_mean: np.ndarray | None
+    field_std: np.ndarray | None
+    rhat: np.ndarray
+    ess: np.ndarray
+    divergent_chains: np.ndarray
+    stray_chains: np.ndarray
+    converged: bool
+    problems: list
+    grad_evals: int
+    warmup_grad_evals: int
+    seconds: float
+    sample_seconds: float
+
+    @property
+    def samples(self) -> np.ndarray:
+        """All draws of theta, chains concatenated: (C S, 2)."""
+        return self.theta.reshape(-1, self.theta.shape[-1])
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.samples.mean(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.samples.std(axis=0, ddof=1)
+
+    def summary(self) -> dict:
+        """JSON-able summary: moments, diagnostics, cost (ESS per gradient and per minute)."""
+        s = self.samples
+        minutes = max(self.seconds, 1e-9) / 60.0
+        return {
+            "sampler": self.sampler,
+            "chains": int(self.theta.shape[0]),
+            "samples_per_chain": int(self.theta.shape[1]),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "corr": float(np.corrcoef(s.T)[0, 1]),
+            "rhat": self.rhat.tolist(),
+            "ess": self.ess.tolist(),
+            "divergences": int(np.asarray(self.divergent).sum()),
+            "divergent_chains": np.flatnonzero(self.divergent_chains).tolist(),
+            "stray_chains": np.flatnonzero(self.stray_chains).tolist(),
+            "converged": bool(self.converged),
+            "problems": list(self.problems),
+            "grad_evals": int(self.grad_evals),
+            "warmup_grad_evals": int(self.warmup_grad_evals),
+            "ess_per_grad": (self.ess / max(self.grad_evals, 1)).tolist(),
+            "ess_per_minute": (self.ess / minutes).tolist(),
+            "seconds": float(self.seconds),
+            "sample_seconds": float(self.sample_seconds),
+        }
+
+    # ----------------------------------------------------------------- outputs
+    def to_inference_data(self):
+        """ArviZ ``InferenceData``: posterior omega_m, sigma_8 (chain, draw); lp, diverging."""
+        return inference_data(self.theta, logdensity=self.logdensity, divergent=self.divergent)
+
+    def to_getdist(self, label: str | None = None):
+        """GetDist ``MCSamples`` of theta (one chain per sampler chain)."""
+        from getdist import MCSamples
+
+        return MCSamples(
+            samples=[np.asarray(c, np.float64) for c in self.theta],
+            names=list(PARAM_NAMES),
+            labels=[LABELS[n] for n in PARAM_NAMES],
+            label=label or self.sampler,
+            settings={"ignore_rows": 0},
+        )
+
+    def save(self, out_dir, prefix: str = "field_level") -> list[str]:
+        """Write ``PREFIX.npz`` (chains, field moments, diagnostics) and ``PREFIX.nc``
+        (InferenceData); returns the file names."""
+        from fieldflow.io import save_npz
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            k: np.asarray(v)
+            for k, v in dataclasses.asdict(self).items()
+            if v is not None and k not in ("problems", "sampler")
+        }
+        arrays["sampler"] = np.asarray(self.sampler)
+        arrays["problems"] = np.asarray("\n".join(self.problems))
+        save_npz(out / f"{prefix}.npz", **arrays)
+        self.to_inference_data().to_netcdf(str(out / f"{prefix}.nc"))
+        return [f"{prefix}.npz", f"{prefix}.nc"]
+
+
+def load_result(path) -> FieldLevelResult:
+    """A :class:`FieldLevelResult` from the ``.npz`` that :meth:`FieldLevelResult.save` wrote."""
+    with np.load(path) as f:
+        a = {k: f[k] for k in f.files}
+    kw = {}
+    for field in dataclasses.fields(FieldLevelResult):
+        v = a.get(field.name)
+        if field.name == "sampler":
+            v = str(v)
+        elif field.name == "problems":
+            v = [p for p in str(v).split("\n") if p]
+        elif field.name == "converged":
+            v = bool(v)
+        elif field.name in ("grad_evals", "warmup_grad_evals"):
+            v = int(v)
+        elif field.name in ("seconds", "sample_seconds"):
+            v = float(v)
+        kw[field.name] = v
+    return FieldLevelResult(**kw)

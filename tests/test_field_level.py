@@ -1,0 +1,218 @@
+"""Field-level inference (fieldflow.field_level): the sampler recovers the analytic Gaussian
+field posterior (Wiener mean and variance), the exact lognormal target is the lognormal
+simulator in whitened coordinates and equals the flow target of an exact flow (so both samplers
+draw the same chains), bad input is refused, unconverged chains are flagged, and the outputs
+reload. theta-only NUTS against the grid posterior is checked by
+scripts/benchmark_field_level.py (its compilation is too dear for the suite)."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fieldflow.field_level import (
+    FlowField,
+    LognormalField,
+    chain_diagnostics,
+    field_level_posterior,
+    load_result,
+    log_posterior,
+)
+
+N = 8
+LOW, HIGH = np.array([0.2, 0.5], np.float32), np.array([0.5, 1.1], np.float32)
+
+
+class LinearFlow(nnx.Module):
+    """A Gaussian 'flow' independent of theta: s = F^-1[a(k) F z], so p(s) = N(0, C)."""
+
+    def __init__(self, amp):
+        self.shape, self.cond_dim = (N, N), 2
+        self.cond_low, self.cond_high = tuple(LOW.tolist()), tuple(HIGH.tolist())
+        self.amp = nnx.Variable(jnp.asarray(amp, jnp.float32))
+
+    def _inverse(self, z, cond):
+        return jnp.fft.irfft2(jnp.fft.rfft2(z) * self.amp.value, s=(N, N))
+
+    def _forward(self, x, cond):
+        z = jnp.fft.irfft2(jnp.fft.rfft2(x) / self.amp.value, s=(N, N))
+        return z, jnp.zeros(x.shape[0])
+
+
+class ExactLognormalFlow(nnx.Module):
+    """The lognormal model written as a conditional flow (its inverse is the simulator)."""
+
+    def __init__(self, box):
+        self.shape, self.cond_dim = (N, N), 2
+        self.cond_low, self.cond_high = tuple(LOW.tolist()), tuple(HIGH.tolist())
+        self.box = box
+
+    def _inverse(self, z, cond):
+        return LognormalField(N, self.box).field(None, z, cond)
+
+    def _forward(self, x, cond):
+        return LognormalField(N, self.box).latent(None, x, cond), jnp.zeros(x.shape[0])
+
+
+def _amp():
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(N), np.fft.rfftfreq(N), indexing="ij"))
+    return (0.6 / (0.15 + k)).astype(np.float32)  # > 0 at every mode, red spectrum
+
+
+def _dense(amp):
+    """The matrix of z -> F^-1[amp F z] on (N*N,) vectors (symmetric)."""
+    eye = np.eye(N * N).reshape(-1, N, N)
+    return np.fft.irfft2(np.fft.rfft2(eye) * amp, s=(N, N)).reshape(N * N, N * N)
+
+
+@pytest.fixture(scope="module")
+def gaussian_case():
+    amp = _amp()
+    a = _dense(amp.astype(np.float64))
+    c = a @ a.T
+    rng = np.random.default_rng(0)
+    truth = (a @ rng.standard_normal(N * N)).reshape(N, N)
+    mask = np.ones((N, N), np.float32)
+    mask[2:4, 1:6] = 0.0
+    noise_var = 0.5 * float(np.var(truth))
+    d = (mask * (truth + np.sqrt(noise_var) * rng.standard_normal((N, N)))).astype(np.float32)
+    w = (mask / noise_var).ravel()
+    cov = np.linalg.inv(np.linalg.inv(c) + np.diag(w))
+    mean = cov @ (w * d.ravel())
+    model = LinearFlow(amp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a short run: checked below
+        result = field_level_posterior(
+            model,
+            d,
+            mask,
+            noise_var,
+            key=jax.random.key(1),
+            sampler="nuts",
+            num_chains=2,
+            num_warmup=150,
+            num_samples=300,
+            progress=False,
+            min_ess=50,
+        )
+    return dict(
+        model=model,
+        d=d,
+        mask=mask,
+        noise_var=noise_var,
+        result=result,
+        mean=mean.reshape(N, N),
+        std=np.sqrt(np.diag(cov)).reshape(N, N),
+    )
+
+
+def test_gaussian_field_posterior_is_the_wiener_mean_and_variance(gaussian_case):
+    r, mean, std = gaussian_case["result"], gaussian_case["mean"], gaussian_case["std"]
+    assert r.field_mean.shape == (N, N) and r.theta.shape == (2, 300, 2)
+    err = np.abs(r.field_mean - mean) / std  # Monte Carlo error ~ 1 / sqrt(ESS) per pixel
+    assert err.mean() < 0.15 and err.max() < 0.6, (err.mean(), err.max())
+    ratio = r.field_std / std
+    assert 0.85 < np.median(ratio) < 1.15 and ratio.min() > 0.6, ratio
+    # the masked pixels are the uncertain ones
+    hidden = gaussian_case["mask"] == 0
+    assert r.field_std[hidden].mean() > 1.5 * r.field_std[~hidden].mean()
+    # theta is not informed by a theta-independent prior: flat over the box
+    assert np.all(r.samples >= LOW) and np.all(r.samples <= HIGH)
+    assert np.allclose(r.mean, (LOW + HIGH) / 2, atol=0.1 * (HIGH - LOW))
+    assert r.divergent.sum() == 0 and np.all(r.rhat < 1.1)
+    assert r.grad_evals > 0 and r.summary()["ess_per_grad"][0] > 0
+
+
+def test_outputs_reload(gaussian_case, tmp_path):
+    import arviz as az
+
+    r = gaussian_case["result"]
+    files = r.save(tmp_path, "fl")
+    assert files == ["fl.npz", "fl.nc"]
+    back = load_result(tmp_path / "fl.npz")
+    np.testing.assert_array_equal(back.theta, r.theta)
+    np.testing.assert_array_equal(back.field_std, r.field_std)
+    assert back.summary() == r.summary()
+    idata = az.from_netcdf(tmp_path / "fl.nc")
+    np.testing.assert_allclose(idata.posterior["sigma_8"].values, r.theta[..., 1])
+    assert "diverging" in idata.sample_stats
+    mc = r.to_getdist()
+    np.testing.assert_allclose(mc.getMeans()[:2], r.mean, rtol=1e-5)
+
+
+def test_lognormal_target_is_the_simulator_and_an_exact_flow(tmp_path):
+    from data_gen.lognormal import lognormal
+
+    box, theta = 32.0, np.array([0.31, 0.83], np.float32)
+    key = jax.random.key(3)
+    z = jax.random.normal(jax.random.split(key, 1)[0], (N, N), jnp.float32)
+    field = LognormalField(N, box)
+    np.testing.assert_allclose(
+        field.field(None, z, theta),
+        np.asarray(lognormal(key, theta, n=N, box=box))[0],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(field.latent(None, field.field(None, z, theta), theta), z, atol=2e-3)
+    # the flow target of an exact flow is the exact target, value and gradient
+    graphdef, state = nnx.split(ExactLognormalFlow(box))
+    d = np.asarray(field.field(None, z, theta)) + 0.1
+    w = np.full((N, N), 4.0, np.float32)
+    pos = {"t": jnp.array([0.3, -0.2]), "z": 0.7 * z}
+
+    def lp(target, params):
+        return jax.jit(
+            jax.value_and_grad(lambda p: log_posterior(target, params, p, d, w, LOW, HIGH))
+        )
+
+    v1, g1 = lp(FlowField(graphdef), state)(pos)
+    v2, g2 = lp(field, None)(pos)
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input_is_refused(gaussian_case):
+    from fieldflow.field_level import lognormal_field_level_posterior
+
+    model, d, mask = gaussian_case["model"], gaussian_case["d"], gaussian_case["mask"]
+    kw = dict(key=jax.random.key(0), progress=False)
+    cases = [
+        ((d, np.zeros((N, N)), 1.0), {}, "hides every pixel"),
+        ((d, mask, 0.0), {}, "noise_var must be > 0"),
+        ((d, mask, -1.0), {}, "noise_var must be > 0"),
+        ((d, mask, np.nan), {}, "finite"),
+        ((d, mask, np.inf), {}, "finite"),
+        ((np.zeros((16, 16), np.float32), None, 1.0), {}, r"\(8, 8\) map"),
+        ((d, np.ones((4, 4)), 1.0), {}, "mask must have shape"),
+        ((d, mask, np.ones((3, 3))), {}, "noise_var must be a scalar"),
+        ((d, mask, 1.0), {"theta_start": [0.1, 0.8]}, "outside the prior"),
+        ((d, mask, 1.0), {"theta_start": [0.3, 1.1]}, "outside the prior"),
+        ((d, mask, 1.0), {"sampler": "hmc"}, "sampler must be"),
+        ((np.full((N, N), np.nan, np.float32), mask, 1.0), {}, "NaN|finite"),
+    ]
+    for args, extra, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            field_level_posterior(model, *args, **kw, **extra)
+    with pytest.raises(ValueError, match="hides every pixel"):
+        lognormal_field_level_posterior(d, np.zeros((N, N)), 1.0, box=32.0, **kw)
+    with pytest.raises(ValueError, match="outside the prior"):
+        lognormal_field_level_posterior(d, mask, 1.0, box=32.0, theta_start=[0.3, 2.0], **kw)
+
+
+def test_unconverged_and_divergent_chains_are_flagged():
+    rng = np.random.default_rng(0)
+    theta = 0.5 + 0.01 * rng.standard_normal((4, 200, 2))
+    ok = chain_diagnostics(theta, np.zeros((4, 200), bool), min_ess=50, warn=False)
+    assert ok["converged"] and not ok["problems"]
+    theta[2] += 0.05  # one chain elsewhere
+    div = np.zeros((4, 200), bool)
+    div[1, 7] = True
+    with pytest.warns(RuntimeWarning, match="not a trustworthy posterior"):
+        bad = chain_diagnostics(theta, div, min_ess=50)
+    assert not bad["converged"] and bad["stray_chains"].tolist() == [False, False, True, False]
+    assert bad["divergent_chains"].tolist() == [False, True, False, False]
+    assert np.any(bad["rhat"] > 1.01)
