@@ -401,7 +401,10 @@ def fit(
                     store.save_best(step, params, {"step": step, "val_nll": val_nll})
             else:
                 best["bad_evals"] += 1
-            bar.set_postfix(loss=f"{running:.4f}", val=f"{per_pix:.4f}")
+            # an evaluation can come before the first logged loss (max_seconds)
+            bar.set_postfix(
+                loss="n/a" if running is None else f"{running:.4f}", val=f"{per_pix:.4f}"
+            )
             if config.patience is not None and best["bad_evals"] >= config.patience:
                 stopped_early = True
         interrupted = (stop_at_step is not None and step >= stop_at_step) or out_of_time
