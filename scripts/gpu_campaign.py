@@ -19,7 +19,7 @@ itself has not been made yet. Every stage reuses what a previous (interrupted) c
 in WORKDIR::
 
     python scripts/gpu_campaign.py                      # one GPU, ~10 min
-    python scripts/gpu_campaign.py --tiny               # 16^2 maps on CPU, ~2-3 min
+    python scripts/gpu_campaign.py --tiny               # 16^2 maps on CPU: ~5 CPU-minutes
     python scripts/gpu_campaign.py --workdir out/c2 --steps 4000 --n-sims 512
 
 To simulate on several machines first, run ``fieldflow generate WORKDIR/nbody_n128/data
