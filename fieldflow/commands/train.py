@@ -101,6 +101,11 @@ def model_kwargs(args) -> dict:
 
 
 def run(args) -> dict:
+    if args.calibrate and args.distributed:
+        raise ValueError(
+            "--calibrate fine-tunes on one process: train with --distributed, then run "
+            "`fieldflow train ... --calibrate` on one machine (--resume reuses the run)"
+        )
     distributed.setup_from_args(args)  # --distributed: join the group before jax starts
     from fieldflow.train import TrainConfig
     from fieldflow.workflows import train_run
