@@ -260,9 +260,6 @@ FLOW_SPECS: dict[str, FlowSpec] = {
         control=True,
     ),
     "realnvp": FlowSpec(build_realnvp, **REALNVP),
-    "realnvp_16_log_offset": FlowSpec(
-        functools.partial(build_realnvp, 16, log_offset=0.01), n=16, log_offset=0.01, **REALNVP
-    ),
     "realnvp_1_scale_unconditional": FlowSpec(
         functools.partial(build_realnvp, n_scales=1, cond_dim=0), cond_dim=0, **REALNVP
     ),

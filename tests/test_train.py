@@ -4,9 +4,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from types import SimpleNamespace
 
 import jax
@@ -221,34 +218,3 @@ def test_lattice_augmentation_permutes_pixels():
     assert y.shape == x.shape
     np.testing.assert_allclose(jnp.sort(y.reshape(6, -1), 1), jnp.sort(x.reshape(6, -1), 1))
     assert float(jnp.max(jnp.abs(y - x))) > 0.1
-
-
-def test_data_parallel_training_matches_one_device():
-    script = textwrap.dedent(
-        """
-        import os, json
-        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-        import jax, numpy as np
-        from flax import nnx
-        from fieldflow import TRENF
-        from fieldflow.train import TrainConfig, fit
-        assert len(jax.devices()) == 2
-        rng = np.random.default_rng(0)
-        maps = rng.normal(size=(32, 8, 8)).astype(np.float32)
-        theta = np.tile(np.float32([[0.3, 0.8]]), (32, 1))
-        out = {}
-        for dp in (True, False):
-            m = TRENF((8, 8), n_layers=1, hidden=(8,), n_t_knots=4, rngs=nnx.Rngs(0))
-            cfg = TrainConfig(steps=4, batch_size=8, eval_every=2, data_parallel=dp)
-            r = fit(m, (maps[:24], theta[:24]), (maps[24:], theta[24:]), cfg, progress=False)
-            out[str(dp)] = [e["val_nll_per_pixel"] for e in r.history["eval"]]
-        print(json.dumps(out))
-        """
-    )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(out["True"], out["False"], rtol=1e-5)

@@ -51,8 +51,8 @@ class Summary:
     ``fn`` is jax-traceable (``fn(x (B, N, N) float32) -> (B, D)``); ``labels`` name the D
     components; ``log_link[j]`` says component j is positive and its mean is emulated as
     exp(polynomial) (P(k)), else as a polynomial (a score). Maps are summarised ``chunk``
-    at a time (fewer maps: the next power of two), the last chunk padded, so that few
-    shapes are compiled. ``spec`` describes it in JSON (:func:`summary_from_spec`).
+    at a time, the last chunk padded, so that one shape is compiled. ``spec`` describes it
+    in JSON (:func:`summary_from_spec`).
     """
 
     name: str
@@ -60,7 +60,7 @@ class Summary:
     labels: tuple[str, ...]
     log_link: tuple[bool, ...]
     n: int | None = None
-    chunk: int = 256
+    chunk: int = 64
     spec: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -70,7 +70,7 @@ class Summary:
     def __call__(self, maps) -> np.ndarray:
         """The summaries of maps (M, N, N), float64 (M, D)."""
         x, _ = check_maps(np.asarray(maps), self.n, name="maps")
-        chunk = max(1, min(int(self.chunk), 1 << (len(x) - 1).bit_length()))
+        chunk = max(1, int(self.chunk))
         out = []
         for i in range(0, len(x), chunk):
             idx = np.minimum(np.arange(i, i + chunk), len(x) - 1)
@@ -100,7 +100,7 @@ def power_spectrum_summary(n: int, box: float, k_max: float | None = None) -> Su
     )
 
 
-def flow_score_summary(model, theta: Sequence[float] = FIDUCIAL_THETA, chunk: int = 256) -> Summary:
+def flow_score_summary(model, theta: Sequence[float] = FIDUCIAL_THETA, chunk: int = 64) -> Summary:
     """The score of a conditional flow at one theta, t(x) = grad_theta log q(x | theta),
     (B, 2): the score compression of Alsing & Wandelt (2018); ``chunk`` maps per call."""
     from fieldflow.inference.likelihoods import grad_log_prob_theta
