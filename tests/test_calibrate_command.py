@@ -59,15 +59,15 @@ def test_infer_reports_the_adjusted_posterior_beside_the_raw_one(
     argv = ["infer", str(concave_run_dir), str(tiny_maps_file), str(tmp_path / "a"), "--grid", "16"]
     assert main([*argv, "--calibration", str(calibrated / "calibration.json")]) == 0
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["default_posterior"] == "TRENF (curvature-adjusted)"
+    assert summary["default_posterior"] == "TRENF (score-compressed)"
     methods = {"TRENF", "TRENF (curvature-adjusted)", "TRENF (score-compressed)"}
     assert set(summary["posteriors"]) == methods
     for post in summary["posteriors"].values():
         assert 0.2 < post["mean"][0] < 0.5 and post["fom"] > 0
-    assert main([*argv[:3], str(tmp_path / "s"), "--grid", "16", "--posterior", "score",
+    assert main([*argv[:3], str(tmp_path / "s"), "--grid", "16", "--posterior", "adjusted",
                  "--calibration", str(calibrated / "calibration.json")]) == 0  # fmt: skip
     chosen = json.loads((tmp_path / "s" / "summary.json").read_text())["default_posterior"]
-    assert chosen == "TRENF (score-compressed)"
+    assert chosen == "TRENF (curvature-adjusted)"
     # without a calibration file: the raw posterior, with a warning
     with pytest.warns(UserWarning, match="coverage is unchecked"):
         assert main(argv[:3] + [str(tmp_path / "r"), "--grid", "16"]) == 0

@@ -7,14 +7,13 @@ trained range (flat prior). ``--lognormal-box`` adds the exact lognormal posteri
 comparison.
 
 Which posterior is reported: when the run has been calibrated (``fieldflow calibrate`` wrote
-``RUN_DIR/calibration/calibration.json``, or ``--calibration`` names another file), the
-curvature-adjusted flow posterior, whose covariance is the sandwich F^-1 C F^-1 measured on
-simulations, is the default and the raw one is shown beside it; without a calibration file
-the raw flow posterior is reported with a warning that its coverage is unchecked (learned
-likelihoods of N-body maps are overconfident). ``fieldflow calibrate`` also writes the
-score-compressed likelihood (``score_compressed.json`` beside the calibration file: a Gaussian
-likelihood of the flow's score at the fiducial theta), whose posterior is shown beside the
-others. ``--posterior`` chooses. Writes ``posterior.png`` (68% and 95% HPD contours; the
+``RUN_DIR/calibration/``, or ``--calibration`` names its calibration.json), the
+score-compressed posterior (a Gaussian likelihood of the flow's score at the fiducial theta,
+its mean emulated and its covariance measured on simulations) is the default, with the raw
+and the curvature-adjusted ones (covariance F^-1 C F^-1) beside it: on N-body maps its
+coverage was the closest to nominal. Without calibration files the raw flow posterior is
+reported with a warning that its coverage is unchecked (learned likelihoods of N-body maps
+are overconfident). ``--posterior`` chooses. Writes ``posterior.png`` (68% and 95% HPD contours; the
 true theta when the file gives it for a single map), ``posterior.npz`` (the grid's ``om``,
 ``s8`` and each method's cell probabilities) and ``summary.json`` (means, standard
 deviations, correlation, MAP, HPD areas and FoM = 1 / area of the 68% region).
@@ -58,8 +57,8 @@ def add_parser(subparsers):
         "--posterior",
         choices=("auto", "raw", "adjusted", "score"),
         default="auto",
-        help="auto: curvature-adjusted when the calibration file exists, else raw; score: "
-        "the score-compressed likelihood",
+        help="auto: score-compressed when `fieldflow calibrate` has run (else "
+        "curvature-adjusted, else raw)",
     )
     p.add_argument(
         "--calibration",
@@ -170,5 +169,6 @@ def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tupl
         score = inference.SummaryLikelihood.load(score_path, model, model_fingerprint=fp)
         names["score"] = f"{name} (score-compressed)"
         posteriors[names["score"]] = score.posterior(maps, grid)
-    default = names.get(which) or names.get("adjusted") or names["score"]
+    # score-compressed first: on N-body maps its coverage is the closest to nominal (README)
+    default = names.get(which) or names.get("score") or names["adjusted"]
     return posteriors, default
