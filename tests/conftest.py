@@ -32,7 +32,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-# ... and XLA's other expensive passes (about a tenth of the remaining time)
+# ... and XLA's other expensive passes (about a tenth of the remaining time), here and in the
+# subprocesses the tests start
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
