@@ -31,6 +31,7 @@ __all__ = [
     "rfft_multiplicity",
     "k_bin_edges",
     "k_bin_centers",
+    "k_bin_edges_up_to",
     "bin_index_half",
     "radial_average_half",
     "power_spectrum",
@@ -131,6 +132,19 @@ def k_bin_centers(edges: np.ndarray) -> np.ndarray:
     """Centres of the bins given by ``edges``."""
     edges = np.asarray(edges)
     return 0.5 * (edges[1:] + edges[:-1])
+
+
+def k_bin_edges_up_to(n: int, box: float, k_max: float | None = None) -> np.ndarray:
+    """``k_bin_edges(n, box)`` without the bins whose centre lies above ``k_max`` (h/Mpc;
+    None keeps every bin up to Nyquist); ValueError when no bin is left."""
+    edges = k_bin_edges(n, box)
+    if k_max is None:
+        return edges
+    centres = k_bin_centers(edges)
+    keep = int(np.sum(centres <= float(k_max)))
+    if keep < 1:
+        raise ValueError(f"k_max = {k_max} h/Mpc leaves no bin (first at {centres[0]:.4g})")
+    return edges[: keep + 1]
 
 
 def bin_index_half(n: int, box: float, edges: np.ndarray) -> np.ndarray:

@@ -95,13 +95,7 @@ class PowerSpectrumLikelihood(GaussianLikelihood):
                 f"train_theta must have shape ({train_maps.shape[0]}, 2), "
                 f"got {np.shape(train_theta)}"
             )
-        edges = fourier.k_bin_edges(n, box)
-        if k_max is not None:
-            centres = fourier.k_bin_centers(edges)
-            keep = int(np.sum(centres <= float(k_max)))
-            if keep < 1:
-                raise ValueError(f"k_max = {k_max} h/Mpc leaves no bin (first at {centres[0]:.4g})")
-            edges = edges[: keep + 1]
+        edges = fourier.k_bin_edges_up_to(n, box, k_max)
         n_b = len(edges) - 1
         hartlap_factor(fiducial_maps.shape[0], n_b)  # enough fiducial maps, before the fit
         emulator = PowerSpectrumEmulator.fit(

@@ -83,12 +83,7 @@ def power_spectrum_summary(n: int, box: float, k_max: float | None = None) -> Su
     (h^-1 Mpc), bins up to ``k_max`` (h/Mpc; default Nyquist)."""
     from fieldflow import fourier
 
-    edges = fourier.k_bin_edges(n, box)
-    if k_max is not None:
-        keep = int(np.sum(fourier.k_bin_centers(edges) <= float(k_max)))
-        if keep < 1:
-            raise ValueError(f"k_max = {k_max} h/Mpc leaves no bin")
-        edges = edges[: keep + 1]
+    edges = fourier.k_bin_edges_up_to(n, box, k_max)
     centres = fourier.k_bin_centers(edges)
     return Summary(
         "P(k)",
