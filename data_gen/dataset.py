@@ -36,12 +36,9 @@ many.
 
 from __future__ import annotations
 
-import fcntl
-import io
 import json
 import os
 import socket
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +47,7 @@ import numpy as np
 
 from data_gen.cosmology import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE, check_grid
 from data_gen.power import DEFAULT_BOX, DEFAULT_N, resolve_slab
+from data_gen.shards import read_shard, write_shard
 
 __all__ = [
     "SIMULATORS",
@@ -68,8 +66,6 @@ __all__ = [
 
 SIMULATORS = ("grf", "lognormal", "nbody")
 FORMAT_VERSION = 1
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_SHARD_KEYS = ("maps", "theta", "sim_id", "seed")
 
 
 def make_config(
@@ -195,73 +191,6 @@ def simulate(cfg: dict, seeds: np.ndarray, theta: np.ndarray) -> np.ndarray:
             cfg["lpt_order"],
         )
     return np.asarray(out, np.float32).reshape(-1, cfg["n"], cfg["n"])
-
-
-def write_shard(path: Path, arrays: dict[str, np.ndarray], overwrite: bool = True) -> None:
-    """Write an uncompressed .npz with fixed timestamps atomically (temporary name, then rename).
-
-    The temporary file is locked while it is written: ValueError when another process is
-    writing the same shard, or (``overwrite=False``) when the shard exists by the time the
-    lock is taken; a stale temporary file (a killed writer's) is reused.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(
-                f"{path} is being written by another process right now: two workers were "
-                "given the same shard (check --worker / --workers)"
-            ) from None
-        if not overwrite and path.exists():  # written by another worker meanwhile
-            if os.path.samestat(os.fstat(fh.fileno()), os.stat(tmp)):
-                os.unlink(tmp)
-            raise ValueError(
-                f"{path} was written by another process meanwhile: two workers were given the "
-                "same shard (check --worker / --workers)"
-            )
-        try:
-            fh.truncate(0)
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                for name, arr in arrays.items():
-                    buf = io.BytesIO()
-                    np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
-                    info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE)
-                    zf.writestr(info, buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
-def read_shard(path: Path, n: int | None = None) -> dict[str, np.ndarray]:
-    """Load and check one shard; ``ValueError`` naming the file if it is corrupt."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as err:  # zipfile.BadZipFile, OSError, ValueError, EOFError ...
-        raise ValueError(f"corrupt shard {path}: cannot be read ({err})") from None
-    missing = [k for k in _SHARD_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"corrupt shard {path}: missing arrays {missing}")
-    m = data["maps"]
-    ok = (
-        m.ndim == 3
-        and m.shape[1] == m.shape[2]
-        and data["theta"].shape == (len(m), 2)
-        and data["sim_id"].shape == (len(m),)
-        and data["seed"].shape == (len(m),)
-        and (n is None or m.shape[1] == n)
-    )
-    if not ok:
-        raise ValueError(f"corrupt shard {path}: inconsistent array shapes")
-    if not np.all(np.isfinite(m)):
-        raise ValueError(f"corrupt shard {path}: maps contain NaN or inf")
-    return data
 
 
 DERIVED_KEYS = ("particles_per_pixel",)

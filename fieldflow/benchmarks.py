@@ -7,7 +7,9 @@ pair, so ``log_prob_per_layer_over_fft`` = t(log_prob) / (n_layers * t(fft pair)
 is the cost of a layer in units of its FFT floor.
 
 Also the throughput of the ``data_gen`` simulators (:func:`simulator_benchmark`): maps per
-second after compilation, compile time apart.
+second after compilation, compile time apart; and of the training step sharded over the
+processes of a ``jax.distributed`` group (:func:`sharded_training_rate`,
+``scripts/benchmark_distributed.py``).
 
 Command line: ``python scripts/benchmark.py --sizes 64 128 256`` or ``fieldflow benchmark``;
 ``python scripts/benchmark_data.py`` for the simulators.
@@ -190,3 +192,51 @@ def simulator_benchmark(quick: bool = False) -> dict:
     log_likelihood_grid(x, om, s8)
     out["lognormal_likelihood_grid_100x100_64sq_s"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+def sharded_training_rate(
+    n: int, batch: int, n_layers: int, hidden: tuple[int, ...], steps: int
+) -> dict:
+    """Steps and maps per second of TRENF's training step on the global mesh of all processes
+    (``fieldflow.distributed``; call after ``distributed.initialize``): the same global batch
+    of ``batch`` N x N maps, each process placing its own rows, after 2 warm-up steps."""
+    from fieldflow import distributed
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(4 * batch, n, n)).astype(np.float32)
+    theta = np.tile(np.float32([[0.3, 0.8]]), (len(maps), 1))
+    model = TRENF((n, n), n_layers=n_layers, hidden=tuple(hidden), rngs=nnx.Rngs(0))
+    config = TrainConfig(steps=steps + 2, batch_size=batch)
+    batch_sharding, replicated = distributed.batch_shardings(config.batch_size)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optimizer = make_optimizer(config)
+    opt_state = optimizer.init(params)
+    if replicated is not None:
+        params, opt_state, rest = jax.device_put((params, opt_state, rest), replicated)
+    step = make_train_step(graphdef, rest, optimizer)
+    key = jax.random.key(0)
+
+    def run(i, params, opt_state):
+        idx = np.arange(i * batch, (i + 1) * batch) % len(maps)
+        x = distributed.put_rows(maps, idx, batch_sharding)
+        c = distributed.put_rows(theta, idx, batch_sharding)
+        return step(params, opt_state, x, c, jax.random.fold_in(key, i))
+
+    t0 = time.perf_counter()
+    for i in range(2):
+        params, opt_state, loss = run(i, params, opt_state)
+    jax.block_until_ready(loss)
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(2, 2 + steps):
+        params, opt_state, loss = run(i, params, opt_state)
+    jax.block_until_ready(loss)
+    elapsed = time.perf_counter() - t0
+    return {
+        "processes": jax.process_count(),
+        "devices": len(jax.devices()),
+        "compile_and_2_steps_s": round(warm, 2),
+        "steps_per_s": round(steps / elapsed, 3),
+        "maps_per_s": round(steps * batch / elapsed, 1),
+        "final_loss": float(loss),
+    }

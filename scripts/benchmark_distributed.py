@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,56 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def worker(args) -> dict:
-    """One process of a group: time the sharded training step."""
+    """One process of a group: join it, then time the sharded training step."""
     from fieldflow import distributed
 
     distributed.initialize(distributed.resolve_config(timeout_s=120))
-    import jax
-    import numpy as np
-    from flax import nnx
+    from fieldflow.benchmarks import sharded_training_rate
 
-    from fieldflow import TRENF
-    from fieldflow.train import TrainConfig, make_optimizer, make_train_step
-
-    rng = np.random.default_rng(0)
-    maps = rng.normal(size=(4 * args.batch, args.n, args.n)).astype(np.float32)
-    theta = np.tile(np.float32([[0.3, 0.8]]), (len(maps), 1))
-    model = TRENF((args.n, args.n), n_layers=args.layers, hidden=tuple(args.hidden),
-                  rngs=nnx.Rngs(0))  # fmt: skip
-    config = TrainConfig(steps=args.steps + 2, batch_size=args.batch)
-    batch_sharding, replicated = distributed.batch_shardings(config.batch_size)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    optimizer = make_optimizer(config)
-    opt_state = optimizer.init(params)
-    if replicated is not None:
-        params, opt_state, rest = jax.device_put((params, opt_state, rest), replicated)
-    step = make_train_step(graphdef, rest, optimizer)
-    key = jax.random.key(0)
-
-    def run(i, params, opt_state):
-        idx = np.arange(i * args.batch, (i + 1) * args.batch) % len(maps)
-        x = distributed.put_rows(maps, idx, batch_sharding)
-        c = distributed.put_rows(theta, idx, batch_sharding)
-        return step(params, opt_state, x, c, jax.random.fold_in(key, i))
-
-    t0 = time.perf_counter()
-    for i in range(2):
-        params, opt_state, loss = run(i, params, opt_state)
-    jax.block_until_ready(loss)
-    warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(2, 2 + args.steps):
-        params, opt_state, loss = run(i, params, opt_state)
-    jax.block_until_ready(loss)
-    elapsed = time.perf_counter() - t0
-    return {
-        "processes": jax.process_count(),
-        "devices": len(jax.devices()),
-        "compile_and_2_steps_s": round(warm, 2),
-        "steps_per_s": round(args.steps / elapsed, 3),
-        "maps_per_s": round(args.steps * args.batch / elapsed, 1),
-        "final_loss": float(loss),
-    }
+    return sharded_training_rate(args.n, args.batch, args.layers, tuple(args.hidden), args.steps)
 
 
 def main(argv=None) -> dict:

@@ -4,9 +4,9 @@ For each model: ``train_run`` with ``max_seconds``, the best checkpoint read bac
 ``fieldflow.load``, then on the held-out test maps
 
 - the test NLL in nats per pixel (lognormal data: also the exact NLL and the gap to it);
-- the power of w = z^2 - 1 of the latent maps at the lowest three |k| bins (grid units,
-  bins [0.5, 1.5), [1.5, 2.5), [2.5, 3.5)), normalised so that a white unit Gaussian z gives
-  2.0: clustering of the latent amplitude shows as excess power at low k;
+- the power of w = z^2 - 1 of the latent maps at the lowest three |k| bins
+  (``fieldflow.latent_diagnostics``: 2.0 for white unit-Gaussian z; clustering of the latent
+  amplitude shows as excess power at low k);
 - the multiscale model's NLL per pixel split into its terms (coarsest map, each level's
   details, standardisation);
 
@@ -25,18 +25,8 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-
-def latent_amplitude_power(z: np.ndarray, n_bins: int = 3) -> list[float]:
-    """P(k) of w = z^2 - 1, |F w|^2 / N^2 averaged over all modes with round(|k|) = 1 ... n_bins."""
-    z = np.asarray(z, np.float64)
-    n = z.shape[-1]
-    w = z * z - 1.0
-    power = np.abs(np.fft.fft2(w)) ** 2 / (n * n)
-    k = np.fft.fftfreq(n, 1.0 / n)
-    kk = np.rint(np.sqrt(k[:, None] ** 2 + k[None, :] ** 2)).astype(int)
-    return [float(power[:, kk == b].mean()) for b in range(1, n_bins + 1)]
+SUMMARY_KEYS = ("n_params", "steps_done", "best_step", "val_nll_per_pixel", "test_nll_per_pixel")
+SUMMARY_KEYS += ("exact_test_nll_per_pixel", "gap_nats_per_pixel")
 
 
 def model_kwargs(model_type: str, args) -> dict:
@@ -52,40 +42,6 @@ def model_kwargs(model_type: str, args) -> dict:
             detail_hidden=args.detail_hidden,
         )
     return kw
-
-
-def evaluate(model, splits, theta0, n_score: int | None = None, batch: int = 64) -> dict:
-    import jax.numpy as jnp
-
-    from fieldflow.inference.calibration import score_and_hessian, score_test
-    from fieldflow.inference.likelihoods import flow_log_like_fn
-
-    maps, theta = splits["test"]
-    zs, levels = [], []
-    for i in range(0, len(maps), batch):
-        x, t = jnp.asarray(maps[i : i + batch]), jnp.asarray(theta[i : i + batch])
-        zs.append(np.asarray(model.forward(x, t)[0]))
-        if model.model_type == "multiscale":
-            levels.append(np.asarray(model.level_log_probs(x, t)))
-    out = {"latent_z2_power_lowest_k": latent_amplitude_power(np.concatenate(zs))}
-    if levels:
-        n_pix = maps.shape[1] * maps.shape[2]
-        terms = -np.concatenate(levels).mean(axis=0) / n_pix
-        out["nll_terms_per_pixel"] = {
-            "coarsest": float(terms[0]),
-            **{f"details_level_{i + 1}": float(v) for i, v in enumerate(terms[1:-1])},
-            "standardisation": float(terms[-1]),
-        }
-    if "fiducial" in splits and n_score != 0:
-        fid = splits["fiducial"][0][:n_score]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            s, h = score_and_hessian(flow_log_like_fn(model), fid, np.asarray(theta0))
-            test = score_test(s, h)
-        out["score_test"] = {
-            k: test.get(k) for k in ("n_maps", "eigenvalues", "predicted_coverage", "hotelling_t2")
-        }
-    return out
 
 
 def main(argv=None) -> dict:
@@ -108,6 +64,7 @@ def main(argv=None) -> dict:
 
     import fieldflow
     from fieldflow.data import load_dataset
+    from fieldflow.latent_diagnostics import model_diagnostics
     from fieldflow.train import TrainConfig
     from fieldflow.workflows import train_run
 
@@ -140,21 +97,9 @@ def main(argv=None) -> dict:
         )
         train_s = time.perf_counter() - t0
         model = fieldflow.load(run_dir)  # the best checkpoint, read back
-        entry = {
-            k: summary.get(k)
-            for k in (
-                "n_params",
-                "steps_done",
-                "best_step",
-                "val_nll_per_pixel",
-                "test_nll_per_pixel",
-                "exact_test_nll_per_pixel",
-                "gap_nats_per_pixel",
-            )
-            if k in summary
-        }
+        entry = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
         entry["train_wall_s"] = train_s
-        entry.update(evaluate(model, splits, args.theta0, args.n_score))
+        entry.update(model_diagnostics(model, splits, args.theta0, args.n_score))
         result["models"][model_type] = entry
         print(json.dumps({model_type: entry}), flush=True)
     print(json.dumps(result, indent=1))

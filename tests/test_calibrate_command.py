@@ -1,8 +1,9 @@
-"""``fieldflow calibrate`` then ``fieldflow infer``: the adjusted posterior is the default once
-a run is calibrated, the raw one stays beside it, and a calibration file of another model is
-refused."""
+"""``fieldflow calibrate`` then ``fieldflow infer``: once a run is calibrated the default is the
+raw posterior where the score tests find it honest, else the score-compressed one; the others
+stay beside it, and a calibration file of another model is refused."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,13 +54,28 @@ def test_calibrate_writes_score_tests_and_an_adjustment(calibrated):
     assert np.asarray(cal["matrices"]).shape == (sum(t["used"] for t in tests), 2, 2)
 
 
+def _with_predicted_coverage(calibrated, out_dir, coverage: float):
+    """A copy of the calibration files whose score tests predict ``coverage`` for the raw
+    posterior's 68% region."""
+    out_dir.mkdir()
+    shutil.copy(calibrated / "score_compressed.json", out_dir)
+    cal = json.loads((calibrated / "calibration.json").read_text())
+    for test in cal["tests"]:
+        if test["used"]:
+            test["predicted_coverage"]["0.68"] = coverage
+    (out_dir / "calibration.json").write_text(json.dumps(cal))
+    return out_dir / "calibration.json"
+
+
 def test_infer_reports_the_adjusted_posterior_beside_the_raw_one(
     calibrated, concave_run_dir, tiny_maps_file, tmp_path
 ):
     argv = ["infer", str(concave_run_dir), str(tiny_maps_file), str(tmp_path / "a"), "--grid", "16"]
     assert main([*argv, "--calibration", str(calibrated / "calibration.json")]) == 0
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["default_posterior"] == "TRENF (score-compressed)"
+    adjustment = inference.CurvatureAdjustment.load(calibrated / "calibration.json")
+    honest = adjustment.raw_is_calibrated()
+    assert summary["default_posterior"] == ("TRENF" if honest else "TRENF (score-compressed)")
     methods = {"TRENF", "TRENF (curvature-adjusted)", "TRENF (score-compressed)"}
     assert set(summary["posteriors"]) == methods
     for post in summary["posteriors"].values():
@@ -68,6 +84,12 @@ def test_infer_reports_the_adjusted_posterior_beside_the_raw_one(
                  "--calibration", str(calibrated / "calibration.json")]) == 0  # fmt: skip
     chosen = json.loads((tmp_path / "s" / "summary.json").read_text())["default_posterior"]
     assert chosen == "TRENF (curvature-adjusted)"
+    # the default follows the score tests: raw when they predict an honest 68% region
+    for coverage, expected in ((0.30, "TRENF (score-compressed)"), (0.68, "TRENF")):
+        cal = _with_predicted_coverage(calibrated, tmp_path / f"cal{coverage}", coverage)
+        out = tmp_path / f"auto{coverage}"
+        assert main([*argv[:3], str(out), "--grid", "16", "--calibration", str(cal)]) == 0
+        assert json.loads((out / "summary.json").read_text())["default_posterior"] == expected
     # without a calibration file: the raw posterior, with a warning
     with pytest.warns(UserWarning, match="coverage is unchecked"):
         assert main(argv[:3] + [str(tmp_path / "r"), "--grid", "16"]) == 0

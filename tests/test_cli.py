@@ -41,7 +41,7 @@ TINY_OPTIONS = {
     "train": {**TINY_TRAIN_OPTIONS, "--channels": ["4"]},
     "calibrate": {"--num": ["16"], "--out": ["out/calibration"], "--theta": CALIBRATION_THETA[1:]},
     "sample": {"--num": ["8"]},
-    "infer": {"--grid": ["50"]},
+    "infer": {"--grid": ["50"], "--warmup": ["10"], "--samples": ["8"]},
     "denoise": {"--steps": ["3"]},
     # its calibration diagnostics are tested in test_evaluation.py
     "evaluate": {"--num": ["16"], "--grid": ["6"], "--coverage-maps": ["0"]},

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rbg_rngs
 from flax import nnx
 from test_denoise import observe, rel
 
@@ -20,7 +21,7 @@ def test_latent_map_of_a_gaussian_flow_is_the_wiener_filter():
     n = 16
     # Psi = identity (no noise on the spline parameters), T a random positive radial kernel:
     # x = F^-1[F z / T], a Gaussian field with S_k = <|FFT x|^2> = N^2 / T(k)^2
-    model = TRENF((n, n), n_layers=1, cond_dim=0, n_t_knots=6, init_noise=0.0, rngs=nnx.Rngs(0))
+    model = TRENF((n, n), n_layers=1, cond_dim=0, n_t_knots=6, init_noise=0.0, rngs=rbg_rngs(0))
     # numpy draws: a jax.random draw of a new shape compiles
     values = (0.5 * np.random.default_rng(1).standard_normal((1, 6)) - 1.0).astype(np.float32)
     state = nnx.state(model, nnx.Param)
@@ -53,7 +54,7 @@ def test_maps_of_a_log_transformed_flow_stay_in_its_support():
     from fieldflow.denoise import flow_map
 
     n, c = 16, 0.01
-    model = TRENF((n, n), n_layers=1, cond_dim=0, log_offset=c, rngs=nnx.Rngs(0))
+    model = TRENF((n, n), n_layers=1, cond_dim=0, log_offset=c, rngs=rbg_rngs(0))
     rng = np.random.default_rng(1)
     truth = np.exp(0.6 * rng.normal(size=(2, n, n)) - 0.18).astype(np.float32) - 1.0
     mask = np.asarray(make_mask(jax.random.key(3), n, 0.2))
@@ -72,11 +73,11 @@ def test_maps_of_a_log_transformed_flow_stay_in_its_support():
 def test_latent_map_of_a_nonlinear_flow_converges():
     """L-BFGS on z reaches the gradient tolerance on a small nonlinear conditional TRENF
     (checked with an independent gradient), and improves on its start."""
-    nnx = pytest.importorskip("flax.nnx")
-    trenf = pytest.importorskip("fieldflow.models.trenf")
+    from fieldflow.models import trenf
+
     n = 8
     model = trenf.TRENF(
-        (n, n), n_layers=2, n_t_knots=5, hidden=(8,), init_noise=0.3, rngs=nnx.Rngs(3)
+        (n, n), n_layers=2, n_t_knots=5, hidden=(8,), init_noise=0.3, rngs=rbg_rngs(3)
     )
     cond = np.tile(np.float32([0.3, 0.8]), (2, 1))
     truth = np.expm1(0.5 * np.random.default_rng(4).standard_normal((2, n, n))).astype("f4")

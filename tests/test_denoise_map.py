@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rbg_rngs
 from test_denoise import BOX, gaussian_prior, grf, observe, power, problem, rel
 
 from fieldflow import denoise as dn
@@ -156,7 +157,7 @@ def test_flow_trained_on_grf_reproduces_the_wiener_filter():
         hidden=(8,),
         n_t_knots=17,
         data_scale=float(x.std()),
-        rngs=nnx.Rngs(1),
+        rngs=rbg_rngs(1),
     )
     s_true, mask, noise_var = x[:2], make_mask(jax.random.key(11), n, 0.25), 0.5 * float(x.var())
     d = observe(s_true, mask, noise_var, seed=12)

@@ -22,6 +22,9 @@ from fieldflow.field_level import (
     log_posterior,
 )
 
+# one worker runs this module: its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("field_level")
+
 N = 8
 LOW, HIGH = np.array([0.2, 0.5], np.float32), np.array([0.5, 1.1], np.float32)
 

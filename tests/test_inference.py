@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import perturb
-from flax import nnx
+from conftest import perturb, rbg_rngs
 
 import data_gen
 from fieldflow import inference as inf
 from fieldflow.models import TRENF
+
+# one worker runs this module: its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("inference")
 
 
 def gaussian_loglike(grid, mu, sig, rho):
@@ -24,7 +26,7 @@ def gaussian_loglike(grid, mu, sig, rho):
 
 @pytest.fixture(scope="module")
 def tiny_flow():
-    model = TRENF((8, 8), n_layers=2, n_psi_bins=4, hidden=(16,), rngs=nnx.Rngs(0))
+    model = TRENF((8, 8), n_layers=2, n_psi_bins=4, hidden=(16,), rngs=rbg_rngs(0))
     return perturb(model, seed=1, scale=0.1)
 
 
@@ -167,7 +169,7 @@ def test_flow_posterior_default_grid_spans_the_trained_range():
         hidden=(8,),
         cond_low=(0.25, 0.6),
         cond_high=(0.45, 1.0),
-        rngs=nnx.Rngs(3),
+        rngs=rbg_rngs(3),
     )
     assert model.cond_low == (0.25, 0.6) and model.cond_high == (0.45, 1.0)
     maps = np.random.default_rng(5).normal(0, 1, (2, 8, 8)).astype(np.float32)

@@ -8,6 +8,7 @@ import shlex
 import jax
 import numpy as np
 import pytest
+from conftest import rbg_rngs
 from flax import nnx
 
 import data_gen
@@ -48,7 +49,7 @@ def model():
         hidden=(8,),
         cond_low=(0.25, 0.6),
         cond_high=(0.45, 1.0),
-        rngs=nnx.Rngs(0),
+        rngs=rbg_rngs(0),
     )
 
 

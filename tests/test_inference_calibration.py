@@ -3,7 +3,6 @@ a likelihood made overconfident by hand fails them by the factor it was given, a
 curvature adjustment makes such a likelihood honest. The mechanics are checked on a cheap
 exact toy likelihood: pixels N(mu, sigma^2) with theta = (mu, sigma)."""
 
-import functools
 import warnings
 
 import jax
@@ -20,6 +19,9 @@ from fieldflow.inference import (
     score_test,
     theta_grid,
 )
+
+# one worker runs this module: its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("inference_calibration")
 
 THETA0 = (0.3, 0.8)
 N, BOX = 16, 64.0
@@ -80,12 +82,17 @@ def test_scores_match_autodiff_of_one_map(toy_maps):
     s, h = score_and_hessian(toy, x, THETA0, chunk=2)  # a padded last chunk
     per_map = np.stack([[0.3, 0.8], [0.35, 0.7], [0.25, 0.9]])
     s2, h2 = score_and_hessian(toy, x, per_map, chunk=4)  # one theta per map
+
+    def one(t, xb):
+        return toy(xb[None], t[None])[0]
+
+    grad, hessian = jax.jit(jax.grad(one)), jax.jit(jax.hessian(one))
     for b in range(3):
-        f = functools.partial(lambda t, xb: toy(xb[None], t[None])[0], xb=jnp.asarray(x[b]))
+        xb = jnp.asarray(x[b])
         for t, sb, hb in ((THETA0, s[b], h[b]), (per_map[b], s2[b], h2[b])):
             t = jnp.asarray(t, jnp.float32)
-            np.testing.assert_allclose(sb, jax.grad(f)(t), rtol=1e-4, atol=1e-4)
-            np.testing.assert_allclose(hb, jax.hessian(f)(t), rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(sb, grad(t, xb), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(hb, hessian(t, xb), rtol=1e-4, atol=1e-3)
 
 
 def test_predicted_coverage_of_known_cases():

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rbg_rngs
 from flax import nnx
 
 import fieldflow
@@ -30,7 +31,7 @@ def toy_data(m=48, seed=0):
 
 def small_model(seed=0, **kw):
     kw = {"data_shift": 0.5, "data_scale": 0.8, **kw}
-    return TRENF((N, N), n_layers=2, hidden=(16,), n_t_knots=4, rngs=nnx.Rngs(seed), **kw)
+    return TRENF((N, N), n_layers=2, hidden=(16,), n_t_knots=4, rngs=rbg_rngs(seed), **kw)
 
 
 CFG = TrainConfig(
@@ -42,6 +43,9 @@ CFG = TrainConfig(
     warmup_steps=5,
     patience=None,
 )
+
+# one worker runs this module: its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("train")
 
 
 def splits():

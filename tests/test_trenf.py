@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TRENF_STANDARDISATION, contrasts, gaussian_fields
+from conftest import TRENF_STANDARDISATION, contrasts, gaussian_fields, rbg_rngs
 from flax import nnx
 
 from fieldflow import TRENF
@@ -38,7 +38,7 @@ def test_unconditional_model_samples_and_log_prob(flows):
 
 def test_initialisation_is_near_but_not_exactly_identity(conds):
     # the configuration of flows["trenf"], unperturbed: its compiled forward is shared
-    model = TRENF((8, 8), n_layers=3, hidden=(16,), rngs=nnx.Rngs(0), **TRENF_STANDARDISATION)
+    model = TRENF((8, 8), n_layers=3, hidden=(16,), rngs=rbg_rngs(0), **TRENF_STANDARDISATION)
     x = gaussian_fields(8)
     z, logdet = model.forward(x, conds)
     u = (x - model.data_shift) / model.data_scale  # the model's fixed standardisation
@@ -69,13 +69,13 @@ def test_jit_and_grad_finite_also_for_large_input(flows, conds):
 
 def test_bad_configuration_raises():
     with pytest.raises(ValueError, match="shape"):
-        TRENF((8, 4), rngs=nnx.Rngs(0))
+        TRENF((8, 4), rngs=rbg_rngs(0))
     with pytest.raises(ValueError, match="data_scale"):
-        TRENF((8, 8), data_scale=0.0, rngs=nnx.Rngs(0))
+        TRENF((8, 8), data_scale=0.0, rngs=rbg_rngs(0))
     with pytest.raises(ValueError, match="n_psi_bins"):
-        TRENF((8, 8), n_psi_bins=1, rngs=nnx.Rngs(0))
+        TRENF((8, 8), n_psi_bins=1, rngs=rbg_rngs(0))
     with pytest.raises(ValueError, match="log_offset"):
-        TRENF((8, 8), log_offset=-0.5, rngs=nnx.Rngs(0))
+        TRENF((8, 8), log_offset=-0.5, rngs=rbg_rngs(0))
 
 
 def test_log_offset_is_the_plain_model_plus_the_pixel_log_jacobian(flows, conds):

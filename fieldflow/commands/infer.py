@@ -57,8 +57,9 @@ def add_parser(subparsers):
         "--posterior",
         choices=("auto", "raw", "adjusted", "score"),
         default="auto",
-        help="auto: score-compressed when `fieldflow calibrate` has run (else "
-        "curvature-adjusted, else raw)",
+        help="auto: after `fieldflow calibrate`, the raw posterior if the score tests find it "
+        "honest (predicted 68%% coverage >= 0.62), else score-compressed (else "
+        "curvature-adjusted); raw without calibration files",
     )
     p.add_argument(
         "--calibration",
@@ -130,7 +131,10 @@ def run(args) -> dict:
 
 def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tuple[dict, str]:
     """The raw and (when the ``calibration`` file exists, or asked for) curvature-adjusted and
-    score-compressed joint posteriors of the maps, and the name of the one to report."""
+    score-compressed joint posteriors of the maps, and the name of the one to report: with
+    ``which`` 'auto', the raw one when the calibration's score tests find it honest
+    (:meth:`~fieldflow.inference.CurvatureAdjustment.raw_is_calibrated`), else the
+    score-compressed one (else the adjusted one)."""
     import warnings
 
     import numpy as np
@@ -158,7 +162,7 @@ def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tupl
             )
         return posteriors, name
     fp = inference.model_fingerprint(model)
-    names = {}
+    names, adjustment = {}, None
     if path.is_file():
         adjustment = inference.CurvatureAdjustment.load(path, model=fp)
         names["adjusted"] = f"{name} (curvature-adjusted)"
@@ -169,6 +173,8 @@ def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tupl
         score = inference.SummaryLikelihood.load(score_path, model, model_fingerprint=fp)
         names["score"] = f"{name} (score-compressed)"
         posteriors[names["score"]] = score.posterior(maps, grid)
-    # score-compressed first: on N-body maps its coverage is the closest to nominal (README)
+    if which == "auto" and adjustment is not None and adjustment.raw_is_calibrated():
+        return posteriors, name  # honest by the score tests: keep all its information
+    # else score-compressed first: on N-body maps its coverage is the closest to nominal
     default = names.get(which) or names.get("score") or names["adjusted"]
     return posteriors, default

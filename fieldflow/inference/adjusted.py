@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 FORMAT = "fieldflow-curvature-adjustment-1"
+# the raw flow posterior counts as calibrated when its predicted 68% coverage is at least this
+RAW_MIN_COVERAGE_68 = 0.62
 
 
 def _sqrtm(m: np.ndarray) -> np.ndarray:
@@ -130,6 +132,24 @@ class CurvatureAdjustment:
         w = np.where(exact.any(axis=1, keepdims=True), exact, 1.0 / np.maximum(d2, 1e-12))
         w = w / w.sum(axis=1, keepdims=True)
         return np.einsum("tk,kij->tij", w, self.matrices)
+
+    def raw_predicted_coverage(self, mass: float = 0.68) -> float | None:
+        """The mean over the design points of the coverage of the raw posterior's ``mass``
+        region that the score tests predict (:func:`predicted_coverage`); None when no test
+        had a positive definite -E[H]."""
+        covs = [
+            t["predicted_coverage"][f"{mass:g}"]
+            for t in self.tests
+            if t.get("used") and t.get("predicted_coverage")
+        ]
+        return float(np.mean(covs)) if covs else None
+
+    def raw_is_calibrated(self) -> bool:
+        """Is the raw flow posterior honest by the score tests? Its predicted 68% coverage,
+        averaged over the design points, is at least ``RAW_MIN_COVERAGE_68`` (the lower end
+        of an honest 68% region)."""
+        cov = self.raw_predicted_coverage(0.68)
+        return cov is not None and cov >= RAW_MIN_COVERAGE_68
 
     def to_json(self) -> dict:
         return {

@@ -20,6 +20,7 @@ check; the exact lognormal likelihood passes both and is the test of the diagnos
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fieldflow.inference.likelihoods import FlowLogLike
 from fieldflow.inference.posterior import GridPosterior, credible_mass_at
 from fieldflow.validation import check_maps
 
@@ -39,6 +41,38 @@ __all__ = [
 ]
 
 MIN_MAPS = 50  # below this the diagnostics warn that their error bars are large
+
+
+def _score_hessian(log_like, xb, theta):
+    """Scores (B, d) and Hessians (B, d, d) of a chunk: the gradient of the batch sum and
+    its Jacobian-vector products along each theta axis (all maps at once)."""
+
+    def grad(t):
+        return jax.grad(lambda u: jnp.sum(log_like(xb, u)))(t)
+
+    cols = [
+        jax.jvp(grad, (theta,), (jnp.zeros_like(theta).at[:, j].set(1.0),))[1]
+        for j in range(theta.shape[-1])
+    ]
+    return grad(theta), jnp.stack(cols, axis=-1)
+
+
+# a FlowLogLike is a pytree argument (one compilation per model structure); any other
+# log-likelihood is a static argument (one compilation per function object)
+_score_hessian_jit = jax.jit(_score_hessian)
+_score_hessian_static = jax.jit(_score_hessian, static_argnums=0)
+
+
+def _chunk_function(log_like: Callable) -> Callable:
+    """``fn(xb, theta) -> (scores, Hessians)`` of ``log_like``, compiled once per model
+    structure (a :class:`FlowLogLike`, a pytree argument), else once per function object."""
+    if isinstance(log_like, FlowLogLike):
+        return functools.partial(_score_hessian_jit, log_like)
+    try:
+        hash(log_like)
+    except TypeError:
+        return jax.jit(functools.partial(_score_hessian, log_like))
+    return functools.partial(_score_hessian_static, log_like)
 
 
 def score_and_hessian(
@@ -59,22 +93,7 @@ def score_and_hessian(
     t0 = np.broadcast_to(t0, (len(x), t0.shape[-1])) if t0.ndim == 1 else t0
     if t0.shape[0] != len(x) or t0.ndim != 2:
         raise ValueError(f"theta0 must be (d,) or ({len(x)}, d), got {np.shape(theta0)}")
-    dim = t0.shape[1]
-
-    def total(theta, xb):
-        return jnp.sum(log_like(xb, theta))
-
-    grad = jax.grad(total)
-
-    @jax.jit
-    def one_chunk(xb, theta):
-        s = grad(theta, xb)
-        cols = [
-            jax.jvp(lambda t: grad(t, xb), (theta,), (jnp.zeros_like(theta).at[:, j].set(1.0),))[1]
-            for j in range(dim)
-        ]
-        return s, jnp.stack(cols, axis=-1)
-
+    one_chunk = _chunk_function(log_like)
     chunk = max(1, min(int(chunk), len(x)))
     scores, hessians = [], []
     for i in range(0, len(x), chunk):

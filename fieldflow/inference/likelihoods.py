@@ -42,6 +42,7 @@ from fieldflow.validation import check_maps
 __all__ = [
     "grid_log_likelihood",
     "grid_posterior",
+    "FlowLogLike",
     "flow_log_like_fn",
     "flow_posterior",
     "grad_log_prob_theta",
@@ -170,7 +171,33 @@ def _flow_value_and_grad(graphdef, method: str, state, x, theta):
     return lp, grad
 
 
-def flow_log_like_fn(model) -> Callable:
+@jax.tree_util.register_pytree_node_class
+class FlowLogLike:
+    """``fn(x (B, N, N), theta (B, 2)) -> log p(x | theta) (B,)`` of a split flow.
+
+    A pytree whose leaves are the model's state and whose static part is its structure, so a
+    function jitted with it as an *argument* (e.g. the score and Hessian of
+    :func:`~fieldflow.inference.calibration.score_and_hessian`) compiles once per model
+    structure and input shape, without the weights baked in as constants.
+    """
+
+    def __init__(self, graphdef, method: str, state):
+        self.graphdef, self.method, self.state = graphdef, method, state
+
+    def __call__(self, x, theta):
+        x = jnp.asarray(x, jnp.float32)
+        theta = jnp.asarray(theta, jnp.float32)
+        return jitted_method(self.graphdef, self.method, "highest", self.state, x, theta)
+
+    def tree_flatten(self):
+        return (self.state,), (self.graphdef, self.method)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], aux[1], children[0])
+
+
+def flow_log_like_fn(model) -> FlowLogLike:
     """``fn(x (B, N, N), theta (B, 2)) -> log p(x | theta) (B,)`` of a flow, jitted once.
 
     The model is split (``nnx.split``) once and its pure log-density jitted with the
@@ -179,14 +206,7 @@ def flow_log_like_fn(model) -> Callable:
     does it).
     """
     graphdef, state = nnx.split(model)
-    method = _flow_method(model)
-
-    def log_like(x, theta):
-        x = jnp.asarray(x, jnp.float32)
-        theta = jnp.asarray(theta, jnp.float32)
-        return jitted_method(graphdef, method, "highest", state, x, theta)
-
-    return log_like
+    return FlowLogLike(graphdef, _flow_method(model), state)
 
 
 def grad_log_prob_theta(model, with_value: bool = False) -> Callable:
