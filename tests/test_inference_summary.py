@@ -81,3 +81,50 @@ def test_bad_summaries_raise(grf_sets, flows):
         )
     with pytest.raises(ValueError, match="shape"):
         inf.power_spectrum_summary(N, BOX)(np.zeros((2, N + 1, N + 1)))
+
+
+def test_emulated_covariance_follows_theta():
+    """Summaries whose spread grows with sigma_8: the 'emulated' covariance recovers s(theta),
+    and its log L is the Gaussian log density with covariance S R S / h, in numpy and jax."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(5)
+    theta = rng.uniform([0.2, 0.5], [0.5, 1.1], size=(3000, 2))
+    sd_true = np.stack([0.1 + theta[:, 1], 0.5 * theta[:, 0] + theta[:, 1] ** 2], axis=1)
+    t = np.stack([theta[:, 0] + theta[:, 1], theta[:, 1] ** 2], axis=1) + sd_true * rng.normal(
+        size=(3000, 2)
+    )
+    maps = np.zeros((3000, 8, 8), np.float32)
+    maps[:, 0, :2] = t  # the summary reads the first two pixels
+    summary = inf.Summary("two pixels", lambda x: x[:, 0, :2], ("a", "b"), (False, False), 8)
+    like = inf.SummaryLikelihood.fit(summary, maps[:2500], theta[:2500], maps[2500:], degree=2,
+                                     covariance="emulated")  # fmt: skip
+    probe = np.array([[0.25, 0.6], [0.45, 1.0]])
+    sd_probe = np.stack([0.1 + probe[:, 1], 0.5 * probe[:, 0] + probe[:, 1] ** 2], axis=1)
+    np.testing.assert_allclose(like.std(probe), sd_probe, rtol=0.1)
+    assert like.fit_report["covariance"] == "emulated"
+    x, th = maps[2500:2503], theta[2500:2503]
+    expected = [
+        multivariate_normal.logpdf(
+            summary(x)[i],
+            like.mean(th[i])[0],
+            np.outer(like.std(th[i])[0], like.std(th[i])[0]) * like.cov / like.hartlap,
+        )
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(like(x, th), expected, rtol=1e-6)
+    np.testing.assert_allclose(like.log_like_fn()(x, th), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="covariance must be"):
+        inf.SummaryLikelihood.fit(summary, maps, theta, maps[:50], covariance="sample")
+
+
+def test_emulated_covariance_reloads(grf_sets, tmp_path):
+    (train, theta), fid = grf_sets
+    summary = inf.power_spectrum_summary(N, BOX)
+    like = inf.SummaryLikelihood.fit(summary, train, theta, fid, degree=1, covariance="emulated",
+                                     scale_degree=1)  # fmt: skip
+    back = inf.SummaryLikelihood.load(like.save(tmp_path / "s.json", {}), None)
+    assert back.scale is not None
+    points = inf.theta_grid(4, 4).points
+    np.testing.assert_allclose(back.pairwise(fid[:3], points), like.pairwise(fid[:3], points))
+    np.testing.assert_allclose(back.std(points), like.std(points))

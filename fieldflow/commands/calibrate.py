@@ -86,8 +86,8 @@ def run(args) -> dict:
     path = adjustment.save(out / CALIBRATION_FILE)
     score_path = None
     if "fiducial" in splits:
-        score = inference.SummaryLikelihood.fit(
-            inference.flow_score_summary(model),
+        score = inference.score_compressed_likelihood(
+            model,
             *splits["train"],
             splits["fiducial"][0],
             theta_low=(om_range[0], s8_range[0]),

@@ -13,11 +13,12 @@ cells tiling the prior box, normalised to cell probabilities that sum to one. Mo
   ``grad_log_prob_theta``) and the exact lognormal one (``exact_lognormal_posterior``);
 * :mod:`~fieldflow.inference.emulator`: ``PowerSpectrumEmulator``, the mean P(k; theta);
 * :mod:`~fieldflow.inference.gaussian`: the Gaussian likelihood of a data vector with an
-  emulated mean and a Hartlap-corrected covariance (``hartlap_factor``), shared by:
+  emulated mean and a Hartlap-corrected covariance (``hartlap_factor``), fixed or following
+  theta through emulated standard deviations, shared by:
 * :mod:`~fieldflow.inference.power_spectrum`: ``PowerSpectrumLikelihood``, the likelihood of
   the binned P(k);
 * :mod:`~fieldflow.inference.summary`: ``SummaryLikelihood`` of any ``Summary`` (P(k), the
-  flow's score at the fiducial theta, both: score compression);
+  flow's score at the fiducial theta, both: score compression, ``score_compressed_likelihood``);
 * :mod:`~fieldflow.inference.coverage`: FoM statistics and coverage of many posteriors;
 * :mod:`~fieldflow.inference.calibration`: is a likelihood honest? the score
   (information-identity) test and coverage against credibility;
@@ -80,6 +81,7 @@ from fieldflow.inference.summary import (
     concatenate_summaries,
     flow_score_summary,
     power_spectrum_summary,
+    score_compressed_likelihood,
     summary_from_spec,
 )
 from fieldflow.validation import check_maps
@@ -116,6 +118,7 @@ __all__ = [
     "SummaryLikelihood",
     "concatenate_summaries",
     "flow_score_summary",
+    "score_compressed_likelihood",
     "power_spectrum_summary",
     "summary_from_spec",
     "fiducial_covariance",

@@ -6,8 +6,8 @@ For each map, the grid posterior of (Omega_m, sigma_8) under
 * the flow (as ``flow_posterior``), and curvature-adjusted when given an adjustment,
 * the Gaussian power-spectrum likelihood (``PowerSpectrumLikelihood``: mean emulated from the
   training split, Hartlap-corrected covariance from fiducial simulations not evaluated on),
-* the score-compressed flow likelihood (``SummaryLikelihood`` of the flow's score at the
-  fiducial theta, with the same emulator and covariance machinery),
+* the score-compressed flow likelihood (``score_compressed_likelihood``: the flow's score at
+  the fiducial theta, its mean and a theta-dependent covariance emulated over the prior),
 * for lognormal maps, the exact likelihood, the best any method can do,
 
 summarised by :func:`fieldflow.inference.coverage.coverage_summary` (FoM = 1 / area of the 68%
@@ -40,7 +40,7 @@ from fieldflow.inference.likelihoods import (
 )
 from fieldflow.inference.posterior import posteriors_from_loglike
 from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood
-from fieldflow.inference.summary import SummaryLikelihood, flow_score_summary
+from fieldflow.inference.summary import score_compressed_likelihood
 
 __all__ = ["FOM_DEFINITION", "split_fiducial", "fom_comparison"]
 
@@ -268,8 +268,8 @@ def fom_comparison(
     summaries = {}
     if score_compressed:
         t0 = time.perf_counter()
-        summaries["flow_score_compressed"] = SummaryLikelihood.fit(
-            flow_score_summary(model), *splits["train"], fid_cov, fiducial_theta=fid_theta
+        summaries["flow_score_compressed"] = score_compressed_likelihood(
+            model, *splits["train"], fid_cov, fiducial_theta=fid_theta
         )
         timings["score_compressed_fit_s"] = time.perf_counter() - t0
     calibration = None

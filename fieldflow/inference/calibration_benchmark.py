@@ -104,8 +104,8 @@ def calibration_benchmark(
     cov_part, _ = inference.benchmark.split_fiducial(
         len(fid_maps), n_fid_eval, int(cfg.get("maps_per_sim", 1))
     )
-    score_like = inference.SummaryLikelihood.fit(
-        inference.flow_score_summary(model),
+    score_like = inference.score_compressed_likelihood(
+        model,
         *splits["train"],
         fid_maps[cov_part],
         theta_low=low,

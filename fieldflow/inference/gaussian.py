@@ -1,11 +1,15 @@
-"""The Gaussian likelihood of a data vector d(x) with a theta-dependent mean and a fixed,
+"""The Gaussian likelihood of a data vector d(x) with a theta-dependent mean and a
 simulation-estimated covariance,
 
-    log L(theta) = -1/2 (d - mu(theta))^T Psi (d - mu(theta)) + 1/2 log det(Psi / 2 pi),
+    log L(theta) = -1/2 r^T Psi r + 1/2 log det(Psi / 2 pi) - sum_j log s_j(theta),
+    r = (d - mu(theta)) / s(theta),
 
-Psi = h C_hat^-1 with C_hat the sample covariance of d over fiducial simulations and h the
-Hartlap factor: the machinery shared by the power-spectrum likelihood and the likelihoods of
-other summaries (the flow's score, P(k) and the score together).
+with Psi = h C_hat^-1, C_hat the sample covariance of r over simulations and h the Hartlap
+factor. With s = 1 (a fixed covariance, estimated on fiducial simulations) this is the classical
+form; a likelihood may instead emulate per-component standard deviations s(theta), so that the
+covariance S(theta) R S(theta) follows theta (R the correlation of the standardised residuals).
+The machinery is shared by the power-spectrum likelihood and the likelihoods of other
+summaries (the flow's score, P(k) and the score together).
 """
 
 from __future__ import annotations
@@ -52,15 +56,25 @@ def fiducial_covariance(vectors) -> tuple[np.ndarray, np.ndarray, float]:
 class GaussianLikelihood:
     """Evaluation of the Gaussian likelihood (module doc) for subclasses that provide
     ``data_vector(maps) -> (M, D)``, ``mean(theta) -> (T, D)``, ``precision`` (D, D), ``n``
-    (pixels per side) and ``theta_low`` / ``theta_high`` (the emulator's range)."""
+    (pixels per side) and ``theta_low`` / ``theta_high`` (the emulator's range); and, for a
+    theta-dependent covariance, ``std(theta) -> (T, D)`` and ``std_fn()`` (its jax form)."""
+
+    def std(self, theta) -> np.ndarray | None:
+        """Per-component standard deviations s(theta) (T, D); None: a fixed covariance."""
+        return None
+
+    def std_fn(self) -> Callable | None:
+        """s(theta) as a jax function of theta (T, 2) -> (T, D); None: a fixed covariance."""
+        return None
 
     def _norm(self) -> float:
         _, logdet = np.linalg.slogdet(self.precision / (2 * np.pi))
         return 0.5 * logdet
 
-    def _loglike(self, d: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        r = d - mu
-        return -0.5 * np.einsum("...i,ij,...j->...", r, self.precision, r) + self._norm()
+    def _loglike(self, d: np.ndarray, mu: np.ndarray, sd: np.ndarray | None) -> np.ndarray:
+        r = d - mu if sd is None else (d - mu) / sd
+        out = -0.5 * np.einsum("...i,ij,...j->...", r, self.precision, r) + self._norm()
+        return out if sd is None else out - np.sum(np.log(sd), axis=-1)
 
     def __call__(self, maps, theta) -> np.ndarray:
         """log L of (map_b, theta_b) pairs, (B,); a single map or theta broadcasts."""
@@ -68,17 +82,24 @@ class GaussianLikelihood:
         mu = self.mean(theta)
         if d.shape[0] != mu.shape[0] and 1 not in (d.shape[0], mu.shape[0]):
             raise ValueError(f"{d.shape[0]} maps and {mu.shape[0]} theta do not broadcast")
-        return self._loglike(d, mu)
+        return self._loglike(d, mu, self.std(theta))
 
     def _jax_log_like(self, data_fn: Callable, mean_fn: Callable) -> Callable:
         """``fn(x (B, N, N), theta (B, 2)) -> log L (B,)`` (float32, differentiable in theta)
         from jax forms of the data vector ``data_fn(x) -> (B, D)`` and the mean
-        ``mean_fn(theta) -> (B, D)``."""
+        ``mean_fn(theta) -> (B, D)`` (and ``std_fn``, when the covariance follows theta)."""
         precision, norm = jnp.asarray(self.precision, jnp.float32), self._norm()
+        std_fn = self.std_fn()
 
         def fn(x, theta):
-            r = data_fn(jnp.asarray(x, jnp.float32)) - mean_fn(jnp.asarray(theta, jnp.float32))
-            return -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
+            theta = jnp.asarray(theta, jnp.float32)
+            r = data_fn(jnp.asarray(x, jnp.float32)) - mean_fn(theta)
+            if std_fn is None:
+                return -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
+            sd = std_fn(theta)
+            r = r / sd
+            out = -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
+            return out - jnp.sum(jnp.log(sd), axis=-1)
 
         return fn
 
@@ -86,7 +107,8 @@ class GaussianLikelihood:
         """log L of every (map, theta) pair, (M, T)."""
         d = self.data_vector(maps)
         mu = self.mean(theta)
-        return self._loglike(d[:, None, :], mu[None, :, :])
+        sd = self.std(theta)
+        return self._loglike(d[:, None, :], mu[None, :, :], None if sd is None else sd[None])
 
     def posterior(
         self,
