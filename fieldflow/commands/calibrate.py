@@ -10,9 +10,10 @@ written to ``RUN_DIR/calibration/calibration.json`` (with ``summary.json``: ever
 ``fieldflow infer`` then reports the adjusted
 posterior, whose covariance is the sandwich F^-1 C F^-1, beside the raw one. It also writes
 ``score_compressed.json``: the score-compressed likelihood, a Gaussian likelihood of the
-flow's score at the fiducial theta with its mean emulated over the training maps and its
-covariance from the fiducial maps, which ``fieldflow infer`` reports too. The files are tied
-to this model and data set and refused for any other.
+flow's score at the fiducial theta with its mean and its theta-dependent covariance emulated
+over the training maps, which ``fieldflow infer`` reports too (and by default when the score
+tests find the raw posterior overconfident). The files are tied to this model and data set
+and refused for any other.
 """
 
 from __future__ import annotations

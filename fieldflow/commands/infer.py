@@ -7,11 +7,13 @@ trained range (flat prior). ``--lognormal-box`` adds the exact lognormal posteri
 comparison.
 
 Which posterior is reported: when the run has been calibrated (``fieldflow calibrate`` wrote
-``RUN_DIR/calibration/``, or ``--calibration`` names its calibration.json), the
-score-compressed posterior (a Gaussian likelihood of the flow's score at the fiducial theta,
-its mean emulated and its covariance measured on simulations) is the default, with the raw
-and the curvature-adjusted ones (covariance F^-1 C F^-1) beside it: on N-body maps its
-coverage was the closest to nominal. Without calibration files the raw flow posterior is
+``RUN_DIR/calibration/``, or ``--calibration`` names its calibration.json), all three are
+computed: the raw flow posterior, the score-compressed one (a Gaussian likelihood of the flow's
+score at the fiducial theta, its mean and theta-dependent covariance emulated from
+simulations) and the curvature-adjusted one (covariance F^-1 C F^-1). The default is the raw
+posterior when the calibration's score tests find it honest (predicted 68% coverage >= 0.62,
+averaged over the calibration theta), else the score-compressed one: on N-body maps its
+coverage was the one in the nominal range. Without calibration files the raw flow posterior is
 reported with a warning that its coverage is unchecked (learned likelihoods of N-body maps
 are overconfident). ``--posterior`` chooses. Writes ``posterior.png`` (68% and 95% HPD contours; the
 true theta when the file gives it for a single map), ``posterior.npz`` (the grid's ``om``,

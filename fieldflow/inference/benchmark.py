@@ -234,9 +234,9 @@ def fom_comparison(
             tests before (at each theta) and after adjustment (on the evaluated fiducial maps)
             are reported under ``calibration``.
         score_compressed: also the score-compressed flow likelihood
-            (``flow_score_compressed``: the flow's score at the fiducial theta, its mean
-            emulated from the training split, its covariance from the fiducial maps of the
-            P(k) covariance).
+            (``flow_score_compressed``: the flow's score at the fiducial theta, its mean and
+            theta-dependent covariance emulated from the training split;
+            ``score_compressed_likelihood``).
 
     Returns:
         a JSON-able dict: ``n_train_maps``, ``n_fiducial_cov``, ``n_fiducial_eval``, ``grid``,
