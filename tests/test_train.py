@@ -18,6 +18,9 @@ from fieldflow import TRENF
 from fieldflow.checkpoint import load
 from fieldflow.train import TrainConfig, fit, random_lattice_symmetry
 
+# one worker runs this module: its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("train")
+
 N = 8
 
 
@@ -43,9 +46,6 @@ CFG = TrainConfig(
     warmup_steps=5,
     patience=None,
 )
-
-# one worker runs this module: its module fixtures are built once
-pytestmark = pytest.mark.xdist_group("train")
 
 
 def splits():
