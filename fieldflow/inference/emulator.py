@@ -51,21 +51,41 @@ def _polynomial_mean_fn(coef, degree: int, low, high, log_link) -> Callable:
     return fn
 
 
+def _gamma_deviance(phi: np.ndarray, y: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Gamma deviance per column, 2 sum_i [(y - mu) / mu - log(y / mu)], mu = exp(phi coef);
+    inf where mu overflows."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        eta = phi @ coef
+        ratio = y * np.exp(-eta)
+        dev = 2.0 * np.sum(ratio - 1.0 - np.log(ratio), axis=0)
+    return np.where(np.isfinite(dev), dev, np.inf)
+
+
 def _gamma_glm_log_link(phi: np.ndarray, y: np.ndarray, n_iter: int) -> np.ndarray:
     """Coefficients a (n_terms, n_bins) of the Gamma GLM y ~ exp(phi a), fitted by IRLS.
 
     Starts from least squares on log y; each step regresses the working response
-    z = eta + (y - mu) / mu on phi (unit weights for a Gamma model with log link) until the
+    z = eta + (y - mu) / mu on phi (unit weights for a Gamma model with log link), halving the
+    step of a column while it would raise that column's deviance (heavy-tailed y, such as
+    squared residuals, can otherwise send the plain iteration to overflow), until the
     coefficients move by less than 1e-10 or after ``n_iter`` steps.
     """
     coef = np.linalg.lstsq(phi, np.log(y), rcond=None)[0]
+    dev = _gamma_deviance(phi, y, coef)
     for _ in range(int(n_iter)):
-        eta = phi @ coef
-        z = eta + y / np.exp(eta) - 1.0
-        new = np.linalg.lstsq(phi, z, rcond=None)[0]
-        done = np.max(np.abs(new - coef)) < 1e-10
-        coef = new
-        if done:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            z = phi @ coef + y * np.exp(-(phi @ coef)) - 1.0
+        step = np.linalg.lstsq(phi, np.where(np.isfinite(z), z, 0.0), rcond=None)[0] - coef
+        for _ in range(40):
+            new_dev = _gamma_deviance(phi, y, coef + step)
+            worse = ~(new_dev <= dev)
+            if not worse.any():
+                break
+            step[:, worse] *= 0.5
+        step[:, ~(new_dev <= dev)] = 0.0
+        coef = coef + step
+        dev = np.minimum(dev, new_dev)
+        if np.max(np.abs(step)) < 1e-10:
             break
     return coef
 
