@@ -57,3 +57,15 @@ def test_calibration_checks_apply_the_ranges():
     assert checks["flow_score_compressed_eigenvalues_in_range"]
     assert not checks["flow_adjusted_eigenvalues_in_range"]
     assert not any("fiducial" in k for k in checks)
+
+
+def test_a_score_test_that_cannot_be_computed_is_recorded_not_raised():
+    from fieldflow.inference.calibration_benchmark import _one_test, _score_test_of
+
+    maps = np.zeros((60, 4, 4), np.float32)
+
+    def nan_like(x, theta):  # non-finite scores on every map
+        return x.sum(axis=(1, 2)) + np.nan * theta[:, 0]
+
+    out = _one_test((0.3, 0.8), _score_test_of, nan_like, maps, np.array([0.3, 0.8]))
+    assert out["theta"] == [0.3, 0.8] and "NaN or inf" in out["error"]

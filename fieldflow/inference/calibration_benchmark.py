@@ -39,11 +39,29 @@ def _score_tests(like_fns: dict, adjustment, sims, grid) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for name, fn in like_fns.items():
-                s, h = inference.score_and_hessian(fn, maps, theta)
-                out[name].append({"theta": list(theta), **inference.score_test(s, h)})
-            adj = inference.adjusted_score_test(like_fns["flow"], maps, theta, grid, adjustment)
-            out["flow_adjusted"].append({"theta": list(theta), **adj})
+                out[name].append(_one_test(theta, _score_test_of, fn, maps, theta))
+            flow = like_fns["flow"]
+            adjusted = inference.adjusted_score_test
+            out["flow_adjusted"].append(
+                _one_test(theta, adjusted, flow, maps, theta, grid, adjustment)
+            )
     return out
+
+
+def _score_test_of(log_like, maps, theta) -> dict:
+    from fieldflow import inference
+
+    return inference.score_test(*inference.score_and_hessian(log_like, maps, theta))
+
+
+def _one_test(theta, test, *args) -> dict:
+    """``test(*args)``, a score test at ``theta``; one that cannot be computed (e.g.
+    non-finite scores of one likelihood on some maps) is recorded as ``{"error": ...}``
+    instead of ending the benchmark."""
+    try:
+        return {"theta": list(theta), **test(*args)}
+    except ValueError as err:
+        return {"theta": list(theta), "error": str(err)}
 
 
 def calibration_checks(fom: dict, tests: dict, methods=CALIBRATED) -> dict:
