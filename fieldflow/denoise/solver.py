@@ -132,15 +132,13 @@ def compiled_solver(objective, optimizer: str, learning_rate: float | None, pati
                 ok = ok & (jnp.max(jnp.abs(g["t"]), axis=-1) / n_pix <= gtol_theta)
             return gnorm, ok
 
-        if optimizer == "lbfgs":
-            vg = optax.value_and_grad_from_state(loss)
-        else:
-            vg = jax.value_and_grad(loss)
+        vg = jax.value_and_grad(loss)
 
         # the carry holds the value and gradient at the current params: at the start the
-        # ones computed here, then those at each new step (for L-BFGS the ones its line
-        # search left in its state, recomputed only if they are not finite)
-        value, grad = jax.value_and_grad(loss)(params)
+        # ones computed here, then those at each new step (for L-BFGS the ones its zoom line
+        # search computed at the accepted step and left in its state: read, not recomputed,
+        # so the objective is compiled once less)
+        value, grad = vg(params)
         gnorm, ok = measure(grad)
 
         def cond_fn(c):
@@ -157,7 +155,8 @@ def compiled_solver(objective, optimizer: str, learning_rate: float | None, pati
                 updates, opt_state = opt.update(grad, opt_state, params)
             params = optax.apply_updates(params, updates)
             if optimizer == "lbfgs":
-                value, grad = vg(params, state=opt_state)  # cached by the line search: free
+                value = optax.tree.get(opt_state, "value")
+                grad = optax.tree.get(opt_state, "grad")
             else:
                 value, grad = vg(params)
             gnorm, ok = measure(grad)
