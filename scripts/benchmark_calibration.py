@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=200, help="test maps across the prior")
     p.add_argument("--n-fid-eval", type=int, default=100, help="fiducial maps evaluated")
     p.add_argument("--grid", type=int, default=40, help="grid cells per axis")
+    p.add_argument(
+        "--n-select", type=int, default=200, help="validation maps that choose the default"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON file (default RUN/...)")
     return p
@@ -42,6 +45,7 @@ def main(argv=None) -> dict:
         n_test=args.n_test,
         n_fid_eval=args.n_fid_eval,
         grid_size=args.grid,
+        n_select=args.n_select,
         seed=args.seed,
     )
     print(json.dumps(to_jsonable(out), indent=2))

@@ -36,6 +36,8 @@ def calibrated(concave_run_dir, tiny_data_dir, tmp_path_factory):
         "--num",
         "16",
         *CALIBRATION_THETA,
+        "--grid",
+        "16",
     ]
     assert main([*argv, "--out", str(out), "--no-progress"]) == 0
     return out
@@ -52,6 +54,14 @@ def test_calibrate_writes_score_tests_and_an_adjustment(calibrated):
     assert summary["score_compressed_file"] == str(calibrated / "score_compressed.json")
     cal = json.loads((calibrated / "calibration.json").read_text())
     assert np.asarray(cal["matrices"]).shape == (sum(t["used"] for t in tests), 2, 2)
+    # the default posterior, chosen by coverage on the (3) validation maps
+    selection = inference.PosteriorSelection.load(calibrated / "selection.json")
+    assert summary["selection"]["chosen"] == selection.chosen
+    assert set(selection.stats) == {"raw", "adjusted", "score"}
+    for stats in selection.stats.values():
+        assert stats["n_maps"] == 3 and 0 <= stats["coverage_68"] <= stats["coverage_95"] <= 1
+    expected = inference.choose_posterior(selection.stats)
+    assert (selection.chosen, list(selection.honest), selection.reason) == expected
 
 
 def _with_predicted_coverage(calibrated, out_dir, coverage: float):
@@ -73,10 +83,11 @@ def test_infer_reports_the_adjusted_posterior_beside_the_raw_one(
     argv = ["infer", str(concave_run_dir), str(tiny_maps_file), str(tmp_path / "a"), "--grid", "16"]
     assert main([*argv, "--calibration", str(calibrated / "calibration.json")]) == 0
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    adjustment = inference.CurvatureAdjustment.load(calibrated / "calibration.json")
-    honest = adjustment.raw_is_calibrated()
-    assert summary["default_posterior"] == ("TRENF" if honest else "TRENF (score-compressed)")
-    methods = {"TRENF", "TRENF (curvature-adjusted)", "TRENF (score-compressed)"}
+    names = {"raw": "TRENF", "adjusted": "TRENF (curvature-adjusted)"}
+    names["score"] = "TRENF (score-compressed)"
+    chosen = inference.PosteriorSelection.load(calibrated / "selection.json").chosen
+    assert summary["default_posterior"] == names[chosen]
+    methods = set(names.values())
     assert set(summary["posteriors"]) == methods
     for post in summary["posteriors"].values():
         assert 0.2 < post["mean"][0] < 0.5 and post["fom"] > 0
@@ -84,7 +95,18 @@ def test_infer_reports_the_adjusted_posterior_beside_the_raw_one(
                  "--calibration", str(calibrated / "calibration.json")]) == 0  # fmt: skip
     chosen = json.loads((tmp_path / "s" / "summary.json").read_text())["default_posterior"]
     assert chosen == "TRENF (curvature-adjusted)"
-    # the default follows the score tests: raw when they predict an honest 68% region
+    # the default is the posterior `fieldflow calibrate` chose by coverage ...
+    selection = json.loads((calibrated / "selection.json").read_text())
+    for kind, expected in names.items():
+        cal = tmp_path / f"chosen_{kind}"
+        shutil.copytree(calibrated, cal)
+        (cal / "selection.json").write_text(json.dumps({**selection, "chosen": kind}))
+        out = tmp_path / f"auto_{kind}"
+        calibration = str(cal / "calibration.json")
+        assert main([*argv[:3], str(out), "--grid", "16", "--calibration", calibration]) == 0
+        assert json.loads((out / "summary.json").read_text())["default_posterior"] == expected
+    # ... and for a calibration without that choice, the score tests: raw when they
+    # predict an honest 68% region
     for coverage, expected in ((0.30, "TRENF (score-compressed)"), (0.68, "TRENF")):
         cal = _with_predicted_coverage(calibrated, tmp_path / f"cal{coverage}", coverage)
         out = tmp_path / f"auto{coverage}"

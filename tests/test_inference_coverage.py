@@ -91,3 +91,43 @@ def test_emulator_recovers_an_exact_exp_polynomial():
         inf.PowerSpectrumEmulator.fit(np.zeros_like(maps), theta, box, degree=1)
     with pytest.raises(ValueError, match="theta must have shape"):
         emu.mean([0.3, 0.8, 0.1])
+
+
+# ------------------------------------------------- which posterior to report by default
+def _stats(c68: float, c95: float, fom: float) -> dict:
+    return {"coverage_68": c68, "coverage_95": c95, "fom_median": fom, "n_maps": 200}
+
+
+def test_the_default_is_the_most_informative_honest_posterior():
+    from fieldflow.inference import choose_posterior
+
+    stats = {
+        "raw": _stats(0.40, 0.80, 900.0),  # overconfident: the largest FoM, not honest
+        "adjusted": _stats(0.66, 0.94, 300.0),
+        "score": _stats(0.70, 0.97, 200.0),
+    }
+    chosen, honest, reason = choose_posterior(stats)
+    assert (chosen, honest) == ("adjusted", ["adjusted", "score"]) and "in range" in reason
+    stats["adjusted"]["coverage_95"] = 0.99  # underconfident at 95%: out
+    assert choose_posterior(stats)[:2] == ("score", ["score"])
+    # none honest: the one nearest nominal coverage, said so
+    stats["score"]["coverage_68"] = 0.50
+    chosen, honest, reason = choose_posterior(stats)
+    assert (chosen, honest) == ("adjusted", []) and "no posterior" in reason
+    with pytest.raises(ValueError, match="at least one"):
+        choose_posterior({})
+
+
+def test_a_selection_reloads_and_is_refused_for_another_model(tmp_path):
+    from fieldflow.inference import PosteriorSelection
+
+    stats = {"raw": _stats(0.68, 0.95, 10.0)}
+    sel = PosteriorSelection("raw", ("raw",), "why", stats, "3 maps", {"model": "a", "data": "b"})
+    path = sel.save(tmp_path / "selection.json")
+    assert PosteriorSelection.load(path, model="a", data="b") == sel
+    assert "* raw" in sel.describe()
+    with pytest.raises(ValueError, match="another model"):
+        PosteriorSelection.load(path, model="other")
+    (tmp_path / "bad.json").write_text(path.read_text().replace('"chosen": "raw"', '"chosen": "x"'))
+    with pytest.raises(ValueError, match="unknown posterior"):
+        PosteriorSelection.load(tmp_path / "bad.json")

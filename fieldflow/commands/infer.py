@@ -59,9 +59,8 @@ def add_parser(subparsers):
         "--posterior",
         choices=("auto", "raw", "adjusted", "score"),
         default="auto",
-        help="auto: after `fieldflow calibrate`, the raw posterior if the score tests find it "
-        "honest (predicted 68%% coverage >= 0.62), else score-compressed (else "
-        "curvature-adjusted); raw without calibration files",
+        help="auto: after `fieldflow calibrate`, the one it chose (the most informative of "
+        "those whose coverage on held-out maps is honest); raw without calibration files",
     )
     p.add_argument(
         "--calibration",
@@ -134,7 +133,9 @@ def run(args) -> dict:
 def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tuple[dict, str]:
     """The raw and (when the ``calibration`` file exists, or asked for) curvature-adjusted and
     score-compressed joint posteriors of the maps, and the name of the one to report: with
-    ``which`` 'auto', the raw one when the calibration's score tests find it honest
+    ``which`` 'auto', the one ``fieldflow calibrate`` chose by its coverage on held-out maps
+    (``selection.json``: :class:`~fieldflow.inference.PosteriorSelection`); for calibrations
+    without that file, the raw one when the score tests find it honest
     (:meth:`~fieldflow.inference.CurvatureAdjustment.raw_is_calibrated`), else the
     score-compressed one (else the adjusted one)."""
     import warnings
@@ -142,7 +143,7 @@ def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tupl
     import numpy as np
 
     from fieldflow import inference
-    from fieldflow.commands.calibrate import SCORE_FILE
+    from fieldflow.commands.calibrate import SCORE_FILE, SELECTION_FILE
 
     path = Path(calibration)
     score_path = path.with_name(SCORE_FILE)
@@ -175,6 +176,12 @@ def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tupl
         score = inference.SummaryLikelihood.load(score_path, model, model_fingerprint=fp)
         names["score"] = f"{name} (score-compressed)"
         posteriors[names["score"]] = score.posterior(maps, grid)
+    names["raw"] = name
+    selection_path = path.with_name(SELECTION_FILE)
+    if which == "auto" and selection_path.is_file():
+        chosen = inference.PosteriorSelection.load(selection_path, model=fp).chosen
+        if chosen in names:
+            return posteriors, names[chosen]
     if which == "auto" and adjustment is not None and adjustment.raw_is_calibrated():
         return posteriors, name  # honest by the score tests: keep all its information
     # else score-compressed first: on N-body maps its coverage is the closest to nominal

@@ -24,6 +24,8 @@ cells tiling the prior box, normalised to cell probabilities that sum to one. Mo
   (information-identity) test and coverage against credibility;
 * :mod:`~fieldflow.inference.adjusted`: the curvature-adjusted likelihood, whose posterior
   has the sandwich covariance (honest where the learned likelihood is overconfident);
+* :mod:`~fieldflow.inference.selection`: which posterior to report: the most informative of
+  those whose coverage on held-out maps is honest (``PosteriorSelection``);
 * :mod:`~fieldflow.inference.benchmark`: ``fom_comparison``, flow vs P(k) vs exact.
 """
 
@@ -75,6 +77,13 @@ from fieldflow.inference.posterior import (
     posteriors_from_loglike,
 )
 from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood
+from fieldflow.inference.selection import (
+    COVERAGE_RANGES,
+    PosteriorSelection,
+    choose_posterior,
+    coverage_in_range,
+    measure_posteriors,
+)
 from fieldflow.inference.summary import (
     Summary,
     SummaryLikelihood,
@@ -139,4 +148,9 @@ __all__ = [
     "adjusted_score_test",
     "fingerprint",
     "model_fingerprint",
+    "COVERAGE_RANGES",
+    "PosteriorSelection",
+    "choose_posterior",
+    "coverage_in_range",
+    "measure_posteriors",
 ]

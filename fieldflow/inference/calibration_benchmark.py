@@ -11,10 +11,12 @@ For a run and its data set (:func:`calibration_benchmark`):
 3. :func:`~fieldflow.inference.fom_comparison` with the same calibration simulations: FoM
    and the coverage of the 68% and 95% regions over ``n_test`` test maps across the prior
    and ``n_fid_eval`` fiducial maps;
-4. checks of the calibrated posteriors and of the one ``fieldflow infer`` reports by default
-   (the raw flow when the score tests predict its 68% coverage >= 0.62, else the
-   score-compressed one): 68% coverage in [0.62, 0.74], 95% in [0.91, 0.98], eigenvalues in
-   [0.7, 1.4].
+4. the posterior ``fieldflow infer`` reports by default, chosen as ``fieldflow calibrate``
+   chooses it (:class:`~fieldflow.inference.PosteriorSelection`: by coverage on
+   ``n_select`` maps of the validation split, which the test and fiducial maps of step 3
+   never see);
+5. checks of the calibrated posteriors and of the default one: 68% coverage in
+   [0.62, 0.74], 95% in [0.91, 0.98], eigenvalues in [0.7, 1.4].
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import time
 import warnings
 from pathlib import Path
 
+from fieldflow.inference.selection import COVERAGE_RANGES
+
 __all__ = ["COVERAGE_RANGES", "EIGENVALUE_RANGE", "calibration_benchmark", "calibration_checks"]
 
-COVERAGE_RANGES = {"coverage_68": (0.62, 0.74), "coverage_95": (0.91, 0.98)}
 EIGENVALUE_RANGE = (0.7, 1.4)
 CALIBRATED = ("flow_score_compressed", "flow_adjusted")
+# the names of fom_comparison's results for the posterior kinds of `fieldflow infer`
+RESULT_NAMES = {"raw": "flow", "adjusted": "flow_adjusted", "score": "flow_score_compressed"}
 
 
 def _score_tests(like_fns: dict, adjustment, sims, grid) -> dict:
@@ -90,12 +95,14 @@ def calibration_benchmark(
     n_test: int = 200,
     n_fid_eval: int = 100,
     grid_size: int = 40,
+    n_select: int = 200,
     seed: int = 0,
 ) -> dict:
     """The calibration benchmark of ``run_dir`` on ``data_dir`` (see the module docstring).
 
     ``num`` held-out maps per calibration theta; ``n_test`` test maps across the prior and
-    ``n_fid_eval`` fiducial maps for coverage; ``grid_size`` grid cells per axis. Returns a
+    ``n_fid_eval`` fiducial maps for coverage; ``n_select`` validation maps to choose the
+    default posterior by; ``grid_size`` grid cells per axis. Returns a
     JSON-ready dict with the score tests, the FoM comparison, the checks and the timings.
     """
     import data_gen
@@ -155,14 +162,29 @@ def calibration_benchmark(
     )
     timings.update({f"fom_{k}": v for k, v in fom.pop("timings_s").items()})
     timings["fom_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
+
     # what `fieldflow infer` reports by default after `fieldflow calibrate`
-    default = "flow" if adjustment.raw_is_calibrated() else "flow_score_compressed"
+    t0 = time.perf_counter()
+    maps, theta = (a[:n_select] for a in splits["val"])
+    selection = inference.PosteriorSelection.measure(
+        model,
+        maps,
+        theta,
+        grid,
+        fp,
+        f"{len(maps)} maps of the validation split",
+        adjustment=adjustment,
+        score_likelihood=score_like,
+    )
+    default = RESULT_NAMES[selection.chosen]
+    timings["selection_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
     return {
         **{k: cfg.get(k) for k in ("simulator", "n", "box", "n_mesh", "particles_per_pixel")},
         "run_dir": str(Path(run_dir)),
         "data_dir": str(Path(data_dir)),
         "default_posterior": default,
+        "selection": selection.to_json(),
         "raw_predicted_coverage_68": adjustment.raw_predicted_coverage(0.68),
         "calibration_theta": [list(t) for t, _ in sims],
         "calibration_maps": sources,
