@@ -131,3 +131,14 @@ def test_a_selection_reloads_and_is_refused_for_another_model(tmp_path):
     (tmp_path / "bad.json").write_text(path.read_text().replace('"chosen": "raw"', '"chosen": "x"'))
     with pytest.raises(ValueError, match="unknown posterior"):
         PosteriorSelection.load(tmp_path / "bad.json")
+
+
+def test_held_out_maps_are_spread_over_simulations_first():
+    from fieldflow.inference import one_map_per_simulation
+
+    maps = np.arange(12, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
+    theta = np.arange(24, dtype=np.float32).reshape(12, 2)
+    m, t = one_map_per_simulation(maps, theta, 5, maps_per_sim=4)  # 3 simulations x 4 slabs
+    np.testing.assert_array_equal(m[:, 0, 0], [0, 1, 4, 5, 8])  # slab 0 of each, then slab 1
+    np.testing.assert_array_equal(t, theta[[0, 1, 4, 5, 8]])
+    assert len(one_map_per_simulation(maps, theta, 50)[0]) == 12

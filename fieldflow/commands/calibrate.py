@@ -113,7 +113,8 @@ def run(args) -> dict:
         score_path = score.save(out / SCORE_FILE, fp)
     selection = None
     if args.coverage_maps:
-        maps, theta = (a[: args.coverage_maps] for a in splits["val"])
+        per_sim = int(cfg.get("maps_per_sim", 1))
+        maps, theta = inference.one_map_per_simulation(*splits["val"], args.coverage_maps, per_sim)
         selection = inference.PosteriorSelection.measure(
             model,
             maps,

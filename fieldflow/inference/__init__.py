@@ -83,6 +83,7 @@ from fieldflow.inference.selection import (
     choose_posterior,
     coverage_in_range,
     measure_posteriors,
+    one_map_per_simulation,
 )
 from fieldflow.inference.summary import (
     Summary,
@@ -153,4 +154,5 @@ __all__ = [
     "choose_posterior",
     "coverage_in_range",
     "measure_posteriors",
+    "one_map_per_simulation",
 ]

@@ -165,7 +165,8 @@ def calibration_benchmark(
 
     # what `fieldflow infer` reports by default after `fieldflow calibrate`
     t0 = time.perf_counter()
-    maps, theta = (a[:n_select] for a in splits["val"])
+    per_sim = int(cfg.get("maps_per_sim", 1))
+    maps, theta = inference.one_map_per_simulation(*splits["val"], n_select, per_sim)
     selection = inference.PosteriorSelection.measure(
         model,
         maps,

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from fieldflow.inference.adjusted import adjusted_posteriors, read_calibration_json
 from fieldflow.inference.coverage import coverage_summary
 from fieldflow.inference.likelihoods import flow_log_like_fn, grid_log_likelihood
@@ -33,6 +35,7 @@ __all__ = [
     "choose_posterior",
     "coverage_in_range",
     "measure_posteriors",
+    "one_map_per_simulation",
 ]
 
 FORMAT = "fieldflow-posterior-selection-1"
@@ -64,6 +67,15 @@ def choose_posterior(stats: dict[str, dict]) -> tuple[str, list[str], str]:
         chosen = min(stats, key=lambda k: _distance_to_nominal(stats[k]))
         reason = "no posterior has its coverage in range: the one nearest nominal coverage"
     return chosen, honest, reason
+
+
+def one_map_per_simulation(maps, theta, n: int, maps_per_sim: int = 1):
+    """Up to ``n`` of ``maps`` (M, N, N) and their ``theta``, one per simulation first (the
+    slabs of one simulation are correlated), then the other slabs in order."""
+    per_sim = max(int(maps_per_sim), 1)
+    order = np.concatenate([np.arange(start, len(maps), per_sim) for start in range(per_sim)])
+    keep = np.sort(order[: int(n)])
+    return maps[keep], theta[keep]
 
 
 def measure_posteriors(
