@@ -27,6 +27,14 @@ import pytest
 from conftest import ALL_SYMMETRIES, CONDS, FLOW_SPECS, gaussian_fields
 
 FLOW_NAMES = list(FLOW_SPECS)
+
+
+def by_flow(names):
+    """``names`` as parameters, each in the xdist group of its flow: one worker traces and
+    compiles a flow's functions, and the other does not repeat that work."""
+    return [pytest.param(name, marks=pytest.mark.xdist_group(f"flow_{name}")) for name in names]
+
+
 EXACT_NAMES = [name for name, spec in FLOW_SPECS.items() if not spec.control]
 MODEL_NAMES = [name for name in EXACT_NAMES if FLOW_SPECS[name].is_model]
 
@@ -44,7 +52,7 @@ LATTICE_MAPS = {
 assert set(LATTICE_MAPS) == ALL_SYMMETRIES
 
 
-@pytest.mark.parametrize("name", EXACT_NAMES)
+@pytest.mark.parametrize("name", by_flow(EXACT_NAMES))
 def test_round_trip_both_directions(flows, name):
     flow = flows[name]
     x, cond = flow.fields(), flow.cond()
@@ -57,7 +65,7 @@ def test_round_trip_both_directions(flows, name):
     np.testing.assert_allclose(z_again, latent, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", EXACT_NAMES)
+@pytest.mark.parametrize("name", by_flow(EXACT_NAMES))
 def test_logdet_matches_brute_force_jacobian(flows, name):
     """log|det dz/dx| of each of 3 maps (each with its own condition) against the slogdet
     of the float32 (N^2, N^2) Jacobian by forward autodiff."""
@@ -82,7 +90,7 @@ def test_logdet_matches_brute_force_jacobian(flows, name):
         assert abs(float(value) - float(logdet[i])) < 1e-3, (i, float(value), float(logdet[i]))
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", by_flow(MODEL_NAMES))
 def test_log_prob_is_normal_plus_logdet(flows, name):
     flow = flows[name]
     x, cond = flow.fields(), flow.cond()
@@ -92,7 +100,7 @@ def test_log_prob_is_normal_plus_logdet(flows, name):
     np.testing.assert_allclose(flow.module.log_prob(x, cond), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", FLOW_NAMES)
+@pytest.mark.parametrize("name", by_flow(FLOW_NAMES))
 def test_lattice_symmetries_exactly_as_claimed(flows, name):
     """Invariant log p and equivariant z under the claimed maps; log p changes under the
     others (the controls: non-radial kernels and the non-equivariant RealNVP)."""
@@ -174,7 +182,7 @@ def _bad_sample_calls(flow):
     ]
 
 
-@pytest.mark.parametrize("name", FLOW_NAMES)
+@pytest.mark.parametrize("name", by_flow(FLOW_NAMES))
 def test_bad_input_raises_value_error(flows, name):
     flow = flows[name]
     methods = ["forward", "inverse"] + (["log_prob"] if flow.spec.is_model else [])

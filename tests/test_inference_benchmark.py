@@ -16,6 +16,9 @@ from fieldflow import inference as inf
 from fieldflow.commands import build_parser, run_command
 from fieldflow.models import TRENF
 
+# one worker runs this module: its module fixtures (and what they compile) are built once
+pytestmark = pytest.mark.xdist_group("inference_benchmark")
+
 N, BOX = 8, 32.0
 
 

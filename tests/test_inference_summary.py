@@ -10,6 +10,9 @@ import pytest
 import data_gen
 from fieldflow import inference as inf
 
+# one worker runs this module: its module fixtures (and what they compile) are built once
+pytestmark = pytest.mark.xdist_group("inference_summary")
+
 N, BOX = 8, 32.0
 
 

@@ -20,6 +20,9 @@ from fieldflow.models import build_model
 from fieldflow.models.haar import haar_merge, haar_split
 from fieldflow.models.multiscale import MultiscaleFlow
 
+# beside test_contract.py's tests of the shared "multiscale" flow: one worker compiles it
+pytestmark = pytest.mark.xdist_group("flow_multiscale")
+
 
 def test_haar_split_is_orthogonal_and_inverted_by_merge():
     basis = jnp.eye(16, dtype=jnp.float32).reshape(16, 4, 4)

@@ -17,6 +17,9 @@ from fieldflow.posterior_training import (
     save_run,
 )
 
+# one worker runs this module: its module fixtures (and what they compile) are built once
+pytestmark = pytest.mark.xdist_group("posterior_training")
+
 N = 8
 
 

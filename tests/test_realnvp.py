@@ -19,6 +19,9 @@ from flax import nnx
 
 from fieldflow.models.realnvp import RealNVP, squeeze, unsqueeze
 
+# beside test_contract.py's tests of the shared "realnvp" flow: one worker compiles it
+pytestmark = pytest.mark.xdist_group("flow_realnvp")
+
 
 def key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")

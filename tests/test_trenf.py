@@ -11,6 +11,9 @@ from flax import nnx
 
 from fieldflow import TRENF
 
+# beside test_contract.py's tests of the shared "trenf" flow: one worker compiles it
+pytestmark = pytest.mark.xdist_group("flow_trenf")
+
 
 def test_log_prob_depends_on_condition(flows, conds):
     model = flows["trenf"].module
