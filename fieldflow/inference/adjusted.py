@@ -107,8 +107,17 @@ def read_calibration_json(path, fmt: str, *, model: str | None, data: str | None
     return d
 
 
+class SavedAsJson:
+    """``save(path)``: write ``self.to_json()`` (a calibration file) to ``path``."""
+
+    def save(self, path) -> Path:
+        from fieldflow.io import write_json
+
+        return write_json(path, self.to_json())
+
+
 @dataclasses.dataclass(frozen=True)
-class CurvatureAdjustment:
+class CurvatureAdjustment(SavedAsJson):
     """Adjustment matrices A(theta_k) at design points theta_k and how they were measured.
 
     ``theta_low`` / ``theta_high`` normalise theta for the interpolation; ``tests`` keeps the
@@ -161,11 +170,6 @@ class CurvatureAdjustment:
             "theta_high": list(self.theta_high),
             "tests": list(self.tests),
         }
-
-    def save(self, path) -> Path:
-        from fieldflow.io import write_json
-
-        return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path, *, model: str | None = None, data: str | None = None):

@@ -19,11 +19,16 @@ to one model and data set.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import warnings
 
 import numpy as np
 
-from fieldflow.inference.adjusted import adjusted_posteriors, read_calibration_json
+from fieldflow.inference.adjusted import (
+    SavedAsJson,
+    adjusted_posteriors,
+    read_calibration_json,
+)
+from fieldflow.inference.calibration import MIN_MAPS
 from fieldflow.inference.coverage import coverage_summary
 from fieldflow.inference.likelihoods import flow_log_like_fn, grid_log_likelihood
 from fieldflow.inference.posterior import posteriors_from_loglike
@@ -91,7 +96,13 @@ def measure_posteriors(
     """Coverage and FoM statistics ({kind: :func:`coverage_summary`}) of the raw flow
     posterior of each of ``maps`` (M, N, N) with true ``theta`` (M, 2) on ``grid``, and of the
     curvature-adjusted (``adjustment``) and score-compressed (``score_likelihood``) ones when
-    given."""
+    given. Warns below ``MIN_MAPS`` maps: the choice then rests on large error bars."""
+    if len(maps) < MIN_MAPS:
+        warnings.warn(
+            f"coverage on {len(maps)} maps (< {MIN_MAPS}): its error bars are large, and so "
+            "is the chance of choosing another posterior than more maps would",
+            stacklevel=2,
+        )
     log_like = flow_log_like_fn(model)
     n = int(model.shape[0])
     raw = grid_log_likelihood(log_like, maps, grid, per_map=True, chunk=chunk, n=n)
@@ -108,7 +119,7 @@ def measure_posteriors(
 
 
 @dataclasses.dataclass(frozen=True)
-class PosteriorSelection:
+class PosteriorSelection(SavedAsJson):
     """The posterior to report (``chosen``, one of ``POSTERIOR_KINDS``), the ones found honest,
     why, and the evidence: ``stats`` {kind: coverage_summary} on ``source`` maps."""
 
@@ -129,11 +140,6 @@ class PosteriorSelection:
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **dataclasses.asdict(self), "honest": list(self.honest)}
-
-    def save(self, path) -> Path:
-        from fieldflow.io import write_json
-
-        return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path, *, model: str | None = None, data: str | None = None):
