@@ -112,9 +112,11 @@ def run(args) -> dict:
         )
         score_path = score.save(out / SCORE_FILE, fp)
     selection = None
-    if args.coverage_maps:
+    if args.coverage_maps and len(splits["val"][0]):
         per_sim = int(cfg.get("maps_per_sim", 1))
         maps, theta = inference.one_map_per_simulation(*splits["val"], args.coverage_maps, per_sim)
+        if hasattr(model, "check_support"):
+            model.check_support(maps, "validation maps")
         selection = inference.PosteriorSelection.measure(
             model,
             maps,
