@@ -83,6 +83,17 @@ def _finish(run: dict, sampler: str, rhat_max: float, min_ess: float) -> FieldLe
     )
 
 
+# the sampler settings the two field-level samplers pass on to run_chains / _finish
+SAMPLER_SETTINGS = ("sampler", "num_chains", "num_warmup", "num_samples", "init_scale")
+SAMPLER_SETTINGS += ("progress", "rhat_max", "min_ess")
+
+
+def _sampler_settings(arguments: dict, n: int) -> dict:
+    """The ``SAMPLER_SETTINGS`` of a sampler's ``arguments`` (its ``locals()``), with the
+    map size ``n``."""
+    return {**{k: arguments[k] for k in SAMPLER_SETTINGS}, "_n": n}
+
+
 def _run_field(field, params, key, d, mask, noise_var, prior_box, theta_start, init_field, kw):
     obs = make_observation(d, mask, noise_var)
     if obs.d.shape != (field_n := kw.pop("_n"), field_n):
@@ -152,17 +163,7 @@ def field_level_posterior(
         raise ValueError("field_level_posterior needs a fieldflow flow (an NNX model)")
     box = _flow_box(model) if prior_box is None else prior_box
     graphdef, state = nnx.split(model)
-    kw = dict(
-        sampler=sampler,
-        num_chains=num_chains,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        init_scale=init_scale,
-        progress=progress,
-        rhat_max=rhat_max,
-        min_ess=min_ess,
-        _n=int(model.shape[0]),
-    )
+    kw = _sampler_settings(locals(), int(model.shape[0]))
     return _run_field(
         FlowField(graphdef), state, key, d, mask, noise_var, box, theta_start, init_field, kw
     )
@@ -204,17 +205,7 @@ def lognormal_field_level_posterior(
     n = d_arr.shape[-1]
     _, box = check_grid(n, box)
     prior_box = (OMEGA_M_RANGE, SIGMA8_RANGE) if prior_box is None else prior_box
-    kw = dict(
-        sampler=sampler,
-        num_chains=num_chains,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        init_scale=init_scale,
-        progress=progress,
-        rhat_max=rhat_max,
-        min_ess=min_ess,
-        _n=n,
-    )
+    kw = _sampler_settings(locals(), n)
     field = LognormalField(int(n), float(box), None if slab is None else float(slab))
     return _run_field(field, None, key, d, mask, noise_var, prior_box, theta_start, init_field, kw)
 
