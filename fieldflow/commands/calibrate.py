@@ -11,13 +11,13 @@ written to ``RUN_DIR/calibration/calibration.json`` (with ``summary.json``: ever
 posterior, whose covariance is the sandwich F^-1 C F^-1, beside the raw one. It also writes
 ``score_compressed.json``: the score-compressed likelihood, a Gaussian likelihood of the
 flow's score at the fiducial theta with its mean and its theta-dependent covariance emulated
-over the training maps, which ``fieldflow infer`` reports too. Last, on COVERAGE_MAPS held-out maps of the
-data set's validation split (spread over the prior, never fitted to) it measures the coverage
-of the 68% and 95% regions of the raw, adjusted and score-compressed posteriors and writes
-``selection.json``: the one ``fieldflow infer`` reports by default, the most informative
-(largest median FoM) of those whose coverage is honest (68% in [0.62, 0.74], 95% in
-[0.91, 0.98]), else the one nearest nominal coverage. The files are tied to this model and
-data set and refused for any other.
+over the training maps, which ``fieldflow infer`` reports too. Last, on COVERAGE_MAPS
+held-out maps of the data set's validation split (spread over the prior, never fitted to) it
+measures the coverage of the 68% and 95% regions of the raw, adjusted and score-compressed
+posteriors and writes ``selection.json``: the one ``fieldflow infer`` reports by default,
+the most informative (largest median FoM) of those whose coverage is honest (68% in
+[0.62, 0.74], 95% in [0.91, 0.98]), else the one nearest nominal coverage. The files are tied
+to this model and data set and refused for any other.
 """
 
 from __future__ import annotations
