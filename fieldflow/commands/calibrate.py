@@ -111,21 +111,18 @@ def run(args) -> dict:
         )
         score_path = score.save(out / SCORE_FILE, fp)
     selection = None
-    if args.coverage_maps and len(splits["val"][0]):
-        per_sim = int(cfg.get("maps_per_sim", 1))
-        maps, theta = inference.one_map_per_simulation(*splits["val"], args.coverage_maps, per_sim)
-        if hasattr(model, "check_support"):
-            model.check_support(maps, "validation maps")
-        selection = inference.PosteriorSelection.measure(
+    if args.coverage_maps:
+        selection = inference.PosteriorSelection.on_validation(
             model,
-            maps,
-            theta,
+            splits,
+            cfg,
+            args.coverage_maps,
             inference.theta_grid(args.grid, args.grid, om_range, s8_range),
             fp,
-            f"{len(maps)} maps of the validation split of {args.data_dir}",
             adjustment=adjustment,
             score_likelihood=score if score_path is not None else None,
         )
+    if selection is not None:
         selection.save(out / SELECTION_FILE)
     summary = {
         "command": "calibrate",

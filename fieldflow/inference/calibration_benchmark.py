@@ -165,18 +165,11 @@ def calibration_benchmark(
 
     # what `fieldflow infer` reports by default after `fieldflow calibrate`
     t0 = time.perf_counter()
-    per_sim = int(cfg.get("maps_per_sim", 1))
-    maps, theta = inference.one_map_per_simulation(*splits["val"], n_select, per_sim)
-    selection = inference.PosteriorSelection.measure(
-        model,
-        maps,
-        theta,
-        grid,
-        fp,
-        f"{len(maps)} maps of the validation split",
-        adjustment=adjustment,
-        score_likelihood=score_like,
+    selection = inference.PosteriorSelection.on_validation(
+        model, splits, cfg, n_select, grid, fp, adjustment=adjustment, score_likelihood=score_like
     )
+    if selection is None:
+        raise ValueError(f"{data_dir} has no validation maps to choose the default posterior on")
     default = RESULT_NAMES[selection.chosen]
     timings["selection_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start

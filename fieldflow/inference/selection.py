@@ -131,11 +131,24 @@ class PosteriorSelection(SavedAsJson):
     fingerprint: dict
 
     @classmethod
-    def measure(cls, model, maps, theta, grid, fingerprint: dict, source: str, **posteriors):
+    def on_validation(
+        cls, model, splits: dict, manifest: dict, n_maps: int, grid, fingerprint: dict, **posteriors
+    ):
         """Measure (:func:`measure_posteriors`, keyword arguments ``adjustment`` and
-        ``score_likelihood``) and choose (:func:`choose_posterior`)."""
+        ``score_likelihood``) on up to ``n_maps`` maps of the validation split of ``splits``
+        (:func:`one_map_per_simulation` with the data set ``manifest``'s ``maps_per_sim``;
+        checked against a log transform's support) and choose (:func:`choose_posterior`);
+        None when the data set has no validation maps."""
+        maps, theta = splits["val"]
+        if not len(maps):
+            return None
+        per_sim = int(manifest.get("maps_per_sim", 1))
+        maps, theta = one_map_per_simulation(maps, theta, n_maps, per_sim)
+        if hasattr(model, "check_support"):
+            model.check_support(maps, "validation maps")
         stats = measure_posteriors(model, maps, theta, grid, **posteriors)
         chosen, honest, reason = choose_posterior(stats)
+        source = f"{len(maps)} maps of the validation split"
         return cls(chosen, tuple(honest), reason, stats, source, fingerprint)
 
     def to_json(self) -> dict:
