@@ -31,12 +31,22 @@ def latent_amplitude_power(z, n_bins: int = 3) -> list[float]:
     return [float(power[:, kk == b].mean()) for b in range(1, n_bins + 1)]
 
 
-def model_diagnostics(model, splits: dict, theta0, n_score: int | None = None, batch: int = 64):
+def model_diagnostics(
+    model,
+    splits: dict,
+    theta0,
+    n_score: int | None = None,
+    batch: int = 64,
+    n_mixture: int = 256,
+):
     """Latent clustering, NLL terms (multiscale) and the fiducial score test of ``model``.
 
     ``splits`` as :func:`fieldflow.data.load_dataset` returns them (``test``, optionally
     ``fiducial`` maps simulated at ``theta0``); ``n_score`` fiducial maps for the score test
-    (None: all, 0: no score test).
+    (None: all, 0: no score test). For a multiscale model also the NLL per pixel of its
+    exact symmetrisation over the lattice symmetries it lacks
+    (:func:`fieldflow.models.group_mixture.group_mixture_log_prob`) and of the model itself
+    on the first ``n_mixture`` test maps (0: skip).
     """
     import jax.numpy as jnp
 
@@ -58,6 +68,8 @@ def model_diagnostics(model, splits: dict, theta0, n_score: int | None = None, b
             **{f"details_level_{i + 1}": float(v) for i, v in enumerate(terms[1:-1])},
             "standardisation": float(terms[-1]),
         }
+    if model.model_type == "multiscale" and n_mixture:
+        out["group_mixture"] = _group_mixture_nll(model, maps[:n_mixture], theta[:n_mixture])
     if "fiducial" in splits and n_score != 0:
         fid = splits["fiducial"][0][:n_score]
         with warnings.catch_warnings():
@@ -67,3 +79,24 @@ def model_diagnostics(model, splits: dict, theta0, n_score: int | None = None, b
         keys = ("n_maps", "eigenvalues", "predicted_coverage", "hotelling_t2")
         out["score_test"] = {k: test.get(k) for k in keys}
     return out
+
+
+def _group_mixture_nll(model, maps, theta, batch: int = 16) -> dict:
+    """NLL per pixel of ``model`` and of its group mixture on the same maps."""
+    import jax.numpy as jnp
+
+    from fieldflow.models.group_mixture import coset_representatives, group_mixture_log_prob
+
+    elements = coset_representatives(model)
+    plain, mixed = [], []
+    for i in range(0, len(maps), batch):
+        x, t = jnp.asarray(maps[i : i + batch]), jnp.asarray(theta[i : i + batch])
+        plain.append(np.asarray(model.log_prob(x, t)))
+        mixed.append(np.asarray(group_mixture_log_prob(model, x, t, elements)))
+    pixels = maps.shape[1] * maps.shape[2]
+    return {
+        "n_maps": len(maps),
+        "n_elements": len(elements),
+        "model_nll_per_pixel": float(-np.concatenate(plain).mean() / pixels),
+        "mixture_nll_per_pixel": float(-np.concatenate(mixed).mean() / pixels),
+    }

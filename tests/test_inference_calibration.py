@@ -65,6 +65,11 @@ def test_exact_lognormal_likelihood_passes_the_score_test(exact_scores):
     assert 0.6 < res["eigenvalues"][0] <= res["eigenvalues"][1] < 1.5
     assert res["hotelling_t2"] < 13.8  # chi2_2 99.9% quantile
     assert abs(res["predicted_coverage"]["0.68"] - 0.68) < 0.12
+    # the bootstrap interval brackets each eigenvalue, and 1 (the truth)
+    ci = res["eigenvalue_interval"]
+    assert ci["n_boot"] == 1000 and ci["level"] == 0.9
+    for lo, lam, hi in zip(ci["low"], res["eigenvalues"], ci["high"], strict=True):
+        assert lo < lam < hi and lo < 1.0 < hi
 
 
 def test_an_overconfident_likelihood_fails_by_its_factor(exact_scores):
@@ -75,6 +80,8 @@ def test_an_overconfident_likelihood_fails_by_its_factor(exact_scores):
     assert 2.4 < res["eigenvalues"][0] and res["eigenvalues"][1] < 6.0
     np.testing.assert_allclose(res["std_too_small_by"], np.sqrt(res["eigenvalues"]))
     assert res["predicted_coverage"]["0.68"] < 0.35
+    # on 96 maps the interval tells a factor 4 from 1: both lower ends above 1.4
+    assert min(res["eigenvalue_interval"]["low"]) > 1.4
 
 
 def test_scores_match_autodiff_of_one_map(toy_maps):

@@ -8,6 +8,7 @@ shared flow's compiled functions (same shapes), so they add little compile time.
 """
 
 import json
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,12 @@ from conftest import CONDS, MULTISCALE_SMALL, contrasts, rbg_rngs
 from flax import nnx
 
 from fieldflow.models import build_model
+from fieldflow.models.group_mixture import (
+    LatticeSymmetry,
+    coset_representatives,
+    group_mixture_log_prob,
+    group_mixture_sample,
+)
 from fieldflow.models.haar import haar_merge, haar_split
 from fieldflow.models.multiscale import MultiscaleFlow
 
@@ -65,6 +72,57 @@ def test_invariant_under_exactly_the_level_shifts(flows):
     for shift in SHIFTS_BROKEN:
         lp = model.log_prob(jnp.roll(x, shift, axis=(1, 2)), cond)
         assert float(jnp.max(jnp.abs(lp - ref))) > 1e-2, shift
+
+
+def test_group_mixture_is_invariant_under_every_lattice_symmetry(flows):
+    """The mixture over the 64 coset representatives (8 shifts x D4) of one Haar level is
+    exactly invariant under the one-pixel shifts, rotations and reflections the model lacks."""
+    model = flows["multiscale"].module
+    elements = coset_representatives(model)
+    assert len(elements) == 64 and len(set(elements)) == 64
+    x, cond = contrasts(8, seed=7), jnp.asarray(CONDS)
+    for r in elements:
+        np.testing.assert_allclose(r.inverse(r(x)), x, atol=0)
+    ref = group_mixture_log_prob(model, x, cond, elements)
+    assert float(jnp.max(jnp.abs(ref - model.log_prob(x, cond)))) > 1e-2
+    moves = [LatticeSymmetry((1, 0)), LatticeSymmetry((1, 3)), LatticeSymmetry((0, 0), 1)]
+    moves += [LatticeSymmetry((0, 0), 0, True), LatticeSymmetry((2, 5), 3, True)]
+    for g in moves:
+        moved = group_mixture_log_prob(model, g(x), cond, elements)
+        np.testing.assert_allclose(moved, ref, rtol=1e-5, err_msg=str(g))
+    # the identity alone gives the model's own density; samples are maps of the model's shape
+    np.testing.assert_allclose(
+        group_mixture_log_prob(model, x, cond, [LatticeSymmetry()]), model.log_prob(x, cond)
+    )
+    sample = group_mixture_sample(model, jax.random.key(4), cond, elements)
+    assert sample.shape == (3, 8, 8) and bool(jnp.all(jnp.isfinite(sample)))
+
+
+def test_diagnostics_report_the_mixture_nll_beside_the_model_nll(flows):
+    from fieldflow.latent_diagnostics import model_diagnostics
+
+    model = flows["multiscale"].module
+    x, cond = contrasts(8, seed=7), jnp.asarray(CONDS)
+    out = model_diagnostics(model, {"test": (np.asarray(x), CONDS)}, CONDS[0], n_score=0)
+    mix = out["group_mixture"]
+    assert (mix["n_maps"], mix["n_elements"]) == (3, 64)
+    expected = -float(jnp.mean(group_mixture_log_prob(model, x, cond))) / 64
+    np.testing.assert_allclose(mix["mixture_nll_per_pixel"], expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        mix["model_nll_per_pixel"], -float(jnp.mean(model.log_prob(x, cond))) / 64, rtol=1e-5
+    )
+    assert set(out["nll_terms_per_pixel"]) == {"coarsest", "details_level_1", "standardisation"}
+
+
+def test_group_mixture_needs_a_model_with_known_symmetries():
+    def model(kind, **config):  # only the type and config are read
+        return SimpleNamespace(model_type=kind, config=config, n_levels=2)
+
+    assert coset_representatives(model("trenf", radial=True)) == [LatticeSymmetry()]
+    assert len(coset_representatives(model("multiscale"))) == 2 * 16 * 8
+    for kind, config in (("realnvp", {}), ("trenf", {"radial": False})):
+        with pytest.raises(ValueError, match="not known"):
+            coset_representatives(model(kind, **config))
 
 
 def test_finite_for_extreme_maps_and_latents(flows):

@@ -46,16 +46,27 @@ def test_calibration_checks_apply_the_ranges():
     from fieldflow.inference.calibration_benchmark import calibration_checks
 
     stats = {"coverage_68": 0.70, "coverage_95": 0.85}
-    fom = {"results": {"test": {"flow_score_compressed": stats, "flow_adjusted": stats}}}
+    test = {"flow_score_compressed": stats, "flow_adjusted": stats}
+    test |= {"flow_score_compressed_over_exact_fom_mean": 0.8}  # lognormal data only
+    fom = {"results": {"test": test}}
     tests = {
-        "flow_score_compressed": [{"eigenvalues": [0.9, 1.3]}],
-        "flow_adjusted": [{"eigenvalues": [0.9, 2.0]}, {"eigenvalues": None}],
+        "flow_score_compressed": [
+            {"eigenvalues": [0.9, 1.3], "eigenvalue_interval": {"low": [0.8, 1.1], "high": [1, 2]}}
+        ],
+        "flow_adjusted": [
+            {"eigenvalues": [0.9, 2.0], "eigenvalue_interval": {"low": [0.6, 1.5], "high": [1, 3]}},
+            {"eigenvalues": None},
+        ],
     }
     checks = calibration_checks(fom, tests)
     assert checks["flow_score_compressed_coverage_68_test_in_range"]
     assert not checks["flow_score_compressed_coverage_95_test_in_range"]
     assert checks["flow_score_compressed_eigenvalues_in_range"]
+    assert checks["flow_score_compressed_eigenvalue_intervals_meet_range"]
     assert not checks["flow_adjusted_eigenvalues_in_range"]
+    assert not checks["flow_adjusted_eigenvalue_intervals_meet_range"]  # [1.5, 3] misses it
+    assert not checks["flow_score_compressed_fom_ge_0.9_exact"]
+    assert "flow_adjusted_fom_ge_0.9_exact" not in checks
     assert not any("fiducial" in k for k in checks)
 
 

@@ -42,6 +42,7 @@ from fieldflow.inference.benchmark import fom_comparison
 from fieldflow.inference.calibration import (
     MIN_MAPS,
     coverage_curve,
+    eigenvalue_interval,
     predicted_coverage,
     score_and_hessian,
     score_test,
@@ -140,6 +141,7 @@ __all__ = [
     "MIN_MAPS",
     "score_and_hessian",
     "score_test",
+    "eigenvalue_interval",
     "predicted_coverage",
     "coverage_curve",
     "CurvatureAdjustment",

@@ -142,7 +142,8 @@ def _compare(
         res["exact"]["coverage_curve"] = coverage_curve(exact, truth)
         res["exact"]["frac_hpd68_touching_prior_edge"] = fraction_touching_edge(exact)
         ratio = np.array([f.fom / e.fom for f, e in zip(flow, exact, strict=True)])
-        res["flow_over_exact_fom_mean"] = res["flow"]["fom_mean"] / res["exact"]["fom_mean"]
+        for key in [k for k, v in res.items() if k.startswith("flow") and isinstance(v, dict)]:
+            res[f"{key}_over_exact_fom_mean"] = res[key]["fom_mean"] / res["exact"]["fom_mean"]
         res["flow_over_exact_fom_median_per_map"] = float(np.median(ratio))
     # a P(k) posterior piled against the prior boundary can be tiny (emulator
     # extrapolation): the mean FoM is then dominated by a few maps, the median is robust

@@ -36,11 +36,13 @@ __all__ = [
     "MIN_MAPS",
     "score_and_hessian",
     "score_test",
+    "eigenvalue_interval",
     "predicted_coverage",
     "coverage_curve",
 ]
 
 MIN_MAPS = 50  # below this the diagnostics warn that their error bars are large
+N_BOOTSTRAP = 1000  # resamples of the maps for the eigenvalues' interval
 
 
 def _score_hessian(log_like, xb, theta):
@@ -132,15 +134,47 @@ def predicted_coverage(eigenvalues: Sequence[float], mass: float = 0.68) -> floa
     return float(cdf(q, list(lam)))
 
 
+def eigenvalue_interval(
+    scores, hessians, *, level: float = 0.9, n_boot: int = N_BOOTSTRAP, seed: int = 0
+) -> dict:
+    """Bootstrap interval of the eigenvalues of F^-1 C: the maps are resampled with
+    replacement ``n_boot`` times and the (sorted) eigenvalues recomputed; returns the central
+    ``level`` interval of each, ``{"level", "low", "high", "n_boot", "n_not_concave"}`` (the
+    resamples whose -E[H] is not positive definite are left out and counted).
+
+    With heavy-tailed scores (a few maps far out) this interval, not the point estimate, says
+    whether an eigenvalue is distinguishable from 1 on this many maps.
+    """
+    s = np.asarray(scores, np.float64)
+    h = np.asarray(hessians, np.float64)
+    m, d = s.shape
+    idx = np.random.default_rng(seed).integers(0, m, size=(int(n_boot), m))
+    sb, hb = s[idx], h[idx]  # (n_boot, m, d), (n_boot, m, d, d)
+    dev = sb - sb.mean(axis=1, keepdims=True)
+    cov = np.einsum("bmi,bmj->bij", dev, dev) / (m - 1)
+    fisher = -hb.mean(axis=1)
+    fisher = 0.5 * (fisher + np.swapaxes(fisher, 1, 2))
+    concave = np.linalg.eigvalsh(fisher).min(axis=1) > 0
+    out = {"level": level, "low": None, "high": None, "n_boot": int(n_boot)}
+    out["n_not_concave"] = int((~concave).sum())
+    if concave.any():
+        lam = np.linalg.eigvals(np.linalg.solve(fisher[concave], cov[concave])).real
+        tail = 50.0 * (1.0 - level)
+        for key, q in (("low", tail), ("high", 100.0 - tail)):
+            out[key] = np.percentile(np.sort(lam, axis=1), q, axis=0).tolist()
+    return out
+
+
 def score_test(scores, hessians, *, masses: Sequence[float] = (0.68, 0.95)) -> dict:
     """The information-identity test from per-map scores ``(M, d)`` and Hessians ``(M, d, d)``
     of maps simulated at one theta.
 
     Returns E[s] with its standard error and Hotelling's T^2 = M s_bar^T C^-1 s_bar (~ chi2_d
     for a correct likelihood), C = Cov(s), F = -E[H], the eigenvalues lambda of F^-1 C
-    (ascending), the factor sqrt(lambda) by which posterior standard deviations are too small
-    along each eigen-direction, the per-parameter ratio sqrt(diag(F^-1 C F^-1) / diag(F^-1))
-    and the Gaussian-predicted coverage of each mass. Warns below ``MIN_MAPS`` maps and when
+    (ascending) with their 90% bootstrap interval (:func:`eigenvalue_interval`), the factor
+    sqrt(lambda) by which posterior standard deviations are too small along each
+    eigen-direction, the per-parameter ratio sqrt(diag(F^-1 C F^-1) / diag(F^-1)) and the
+    Gaussian-predicted coverage of each mass. Warns below ``MIN_MAPS`` maps and when
     F is not positive definite (the likelihood is not locally concave there).
     """
     s = np.asarray(scores, np.float64)
@@ -180,6 +214,7 @@ def score_test(scores, hessians, *, masses: Sequence[float] = (0.68, 0.95)) -> d
     sandwich = finv @ cov @ finv
     out.update(
         eigenvalues=lam.tolist(),
+        eigenvalue_interval=eigenvalue_interval(s, h),
         std_too_small_by=np.sqrt(np.maximum(lam, 0)).tolist(),
         std_ratio_per_parameter=np.sqrt(np.diag(sandwich) / np.diag(finv)).tolist(),
         predicted_coverage={
