@@ -74,6 +74,8 @@ def sample_quality(
     n_pdf_bins: int = 30,
     peak_thresholds: Sequence[float] = DEFAULT_PEAK_THRESHOLDS,
     pk_tolerance: float = 0.05,
+    spread_tolerance: float = 0.2,
+    runaway_factor: float = 2.0,
 ) -> dict:
     """Compare samples (S, N, N) with simulations (Y, N, N) at the same theta.
 
@@ -84,11 +86,17 @@ def sample_quality(
             99.9 percentiles of the simulations' pixels.
         peak_thresholds: heights nu (in units of each map's std) for N(> nu).
         pk_tolerance: the allowed |ratio - 1| of the power spectra.
+        spread_tolerance: the allowed |std(log P_samples) / std(log P_sims) - 1| per k bin
+            (the map-to-map scatter of the power, not only its mean).
+        runaway_factor: a sample "runs away" when a pixel's |value| exceeds this factor
+            times the largest |pixel| of the simulations.
 
     Returns:
         A JSON-able dict with sections ``power_spectrum`` (k, ratio, ratio_err, below
-        Nyquist mask, max deviation, pass flag), ``pdf`` and ``peaks`` (means, scatters,
-        deviations, pass flags), ``pixels`` (mean, std, skewness of both sets) and ``passed``.
+        Nyquist mask, max deviation, the log-power spread ratio and its max deviation, pass
+        flags), ``pdf`` and ``peaks`` (means, scatters, deviations, pass flags), ``pixels``
+        (mean, std, skewness of both sets; the largest |pixel| of each and the number of
+        runaway samples) and ``passed`` (all of them).
     """
     from fieldflow import fourier, metrics
     from fieldflow.validation import check_maps
@@ -114,6 +122,15 @@ def sample_quality(
     )
     max_dev = float(np.max(np.abs(ratio[below] - 1))) if below.any() else float("nan")
     max_err = float(np.max(ratio_err[below])) if below.any() else float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.std(np.log(ps), axis=0, ddof=1) / np.std(np.log(py), axis=0, ddof=1)
+    max_spread_dev = float(np.max(np.abs(spread[below] - 1))) if below.any() else float("nan")
+    pk.update(
+        log_spread_ratio=spread,
+        max_abs_log_spread_dev_below_nyquist=max_spread_dev,
+        spread_tolerance=spread_tolerance,
+        spread_passed=bool(max_spread_dev <= spread_tolerance),
+    )
     pk.update(
         k=k,
         ratio=ratio,
@@ -159,6 +176,16 @@ def sample_quality(
         sk = ((v - m[:, None]) ** 3).mean(axis=1) / np.where(sd > 0, sd, 1.0) ** 3
         return {"mean": float(m.mean()), "std": float(sd.mean()), "skewness": float(sk.mean())}
 
+    largest = float(np.max(np.abs(y)))
+    sample_largest = np.max(np.abs(s.reshape(len(s), -1)), axis=1)
+    runaway = int(np.sum(sample_largest > runaway_factor * largest))
+    pixels = {"samples": moments(s), "sims": moments(y)}
+    pixels.update(
+        max_abs_sims=largest,
+        max_abs_samples=float(sample_largest.max()),
+        runaway_factor=runaway_factor,
+        n_runaway_samples=runaway,
+    )
     return {
         "n_samples": int(len(s)),
         "n_sims": int(len(y)),
@@ -167,8 +194,9 @@ def sample_quality(
         "power_spectrum": to_jsonable(pk),
         "pdf": to_jsonable(pdf),
         "peaks": to_jsonable(peaks),
-        "pixels": {"samples": moments(s), "sims": moments(y)},
-        "passed": bool(pk["passed"] and pdf["passed"] and peaks["passed"]),
+        "pixels": pixels,
+        "passed": bool(pk["passed"] and pk["spread_passed"] and pdf["passed"] and peaks["passed"])
+        and runaway == 0,
     }
 
 
@@ -304,6 +332,10 @@ def sample_quality_benchmark(
             "pk_max_ratio_err_below_nyquist": pk["max_ratio_err_below_nyquist"],
             "pk_passed": pk["passed"],
             "pk_passed_within_noise": pk["passed_within_noise"],
+            "pk_max_abs_log_spread_dev_below_nyquist": pk["max_abs_log_spread_dev_below_nyquist"],
+            "n_runaway_samples": stats["pixels"]["n_runaway_samples"],
+            "max_abs_pixel_samples_over_sims": stats["pixels"]["max_abs_samples"]
+            / stats["pixels"]["max_abs_sims"],
             "pdf_max_abs_dev_over_scatter": stats["pdf"]["max_abs_dev_over_scatter"],
             "peaks_max_abs_dev_over_scatter": stats["peaks"]["max_abs_dev_over_scatter"],
             "passed": stats["passed"],
@@ -318,7 +350,9 @@ def sample_quality_benchmark(
                 f"{row['pk_max_abs_ratio_dev_below_nyquist']:.3f} "
                 f"(+- {row['pk_max_ratio_err_below_nyquist']:.3f}), PDF "
                 f"{row['pdf_max_abs_dev_over_scatter']:.2f}, peaks "
-                f"{row['peaks_max_abs_dev_over_scatter']:.2f} scatter"
+                f"{row['peaks_max_abs_dev_over_scatter']:.2f} scatter, log P spread "
+                f"{row['pk_max_abs_log_spread_dev_below_nyquist']:.2f}, "
+                f"{row['n_runaway_samples']} runaway"
             )
     return {
         "results": rows,

@@ -44,6 +44,25 @@ def test_scaled_samples_fail_power_spectrum_tolerance():
     assert q2["pdf"]["passed"] and q2["peaks"]["passed"]
 
 
+def test_too_much_scatter_of_the_power_and_runaway_pixels_fail():
+    x = _maps(0)
+    q = ev.sample_quality(x, x, box=64.0)
+    np.testing.assert_allclose(q["power_spectrum"]["log_spread_ratio"], 1.0, rtol=1e-6)
+    assert q["pixels"]["n_runaway_samples"] == 0 and q["power_spectrum"]["spread_passed"]
+    # each sample's amplitude drawn from 0.5 ... 1.5: the mean power is kept within ~5%, its
+    # map-to-map scatter is not
+    amp = np.linspace(0.5, 1.5, len(x), dtype=np.float32)[
+        np.random.default_rng(0).permutation(len(x))
+    ]
+    q = ev.sample_quality(amp[:, None, None] * x, x, box=64.0)
+    assert min(q["power_spectrum"]["log_spread_ratio"]) > 1.5
+    assert not q["power_spectrum"]["spread_passed"] and not q["passed"]
+    runaway = x.copy()
+    runaway[3, 2, 2] = 2.5 * np.abs(x).max()  # one pixel beyond 2x the sims' largest
+    q = ev.sample_quality(runaway, x, box=64.0)
+    assert q["pixels"]["n_runaway_samples"] == 1 and not q["passed"]
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="16 x 16"):
         ev.sample_quality(_maps(0), _maps(1, n=8), box=64.0)
