@@ -18,6 +18,7 @@ from conftest import CONDS, MULTISCALE_SMALL, contrasts, rbg_rngs
 from flax import nnx
 
 from fieldflow.models import build_model
+from fieldflow.models.detail_flow import _smooth, _smoothing_matrix
 from fieldflow.models.group_mixture import (
     LatticeSymmetry,
     coset_representatives,
@@ -41,6 +42,20 @@ def test_haar_split_is_orthogonal_and_inverted_by_merge():
     # the block [[a, b], [c, d]] = [[1, 0], [0, 0]] -> s = h = v = e = 1/2
     s, d = haar_split(jnp.zeros((1, 2, 2)).at[0, 0, 0].set(1.0))
     np.testing.assert_allclose(np.concatenate([s.ravel(), d.ravel()]), 0.5)
+
+
+@pytest.mark.parametrize("m", [4, 8, 16, 32])
+def test_smoothed_energies_are_never_negative(m):
+    """The smoothing matrix is a positive, normalised periodic Gaussian: the smoothed energy
+    of a detail map holding one value of 20 among zeros stays >= 0 (a Fourier-space Gaussian
+    rang below zero at m >= 8 and made log(floor + energy) NaN on N-body maps)."""
+    matrix = _smoothing_matrix(m)
+    assert matrix.min() >= 0.0
+    np.testing.assert_allclose(matrix.reshape(m * m, 2, m * m).sum(axis=0), 1.0, rtol=1e-5)
+    spike = np.zeros((1, 1, m, m), np.float32)
+    spike[0, 0, 1, 2] = 20.0
+    energy = np.asarray(_smooth(jnp.asarray(spike**2)))
+    assert energy.min() >= 0.0 and energy.max() > 0.0
 
 
 def test_log_prob_is_the_sum_of_the_level_terms(flows):

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fieldflow.fourier import kgrid_half
 from fieldflow.layers import (
     EXACT,
     Conditioner,
@@ -58,15 +57,18 @@ OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 @functools.lru_cache(maxsize=16)
 def _smoothing_matrix(m: int) -> np.ndarray:
     """(m^2, len(SMOOTHING) m^2): the periodic Gaussian smoothings of a flattened m x m map,
-    filters exp(-k^2 w^2 / 2) (k in radians per pixel) written as one matrix (on CPU a
-    matrix product is much faster than small FFTs)."""
-    kx, ky = kgrid_half(m)
-    k2 = (2.0 * np.pi / m) ** 2 * (kx**2 + ky**2)
-    basis = np.eye(m * m).reshape(m * m, m, m)
-    cols = [
-        np.fft.irfft2(np.fft.rfft2(basis) * np.exp(-0.5 * k2 * w**2), s=(m, m)).reshape(m * m, -1)
-        for w in SMOOTHING
-    ]
+    kernels exp(-r^2 / 2 w^2) summed over the periodic images and normalised to unit sum,
+    written as one matrix (on CPU a matrix product is much faster than small FFTs). Every
+    entry is >= 0, so a smoothed energy (sum of squares) is never negative: a Fourier-space
+    Gaussian truncated at the Nyquist frequency rings slightly below zero, and a large
+    detail value then drove log(floor + energy) to NaN."""
+    offsets = np.arange(m)[:, None] - np.arange(m)[None, :]  # (m, m): i - j
+    images = np.arange(-3, 4)[:, None, None] * m
+    cols = []
+    for w in SMOOTHING:
+        one_axis = np.exp(-0.5 * ((offsets[None] + images) / w) ** 2).sum(axis=0)  # (m, m)
+        kernel = np.einsum("ac,bd->abcd", one_axis, one_axis).reshape(m * m, m * m)
+        cols.append(kernel / kernel.sum(axis=0, keepdims=True))
     return np.concatenate(cols, axis=1).astype(np.float32)
 
 
