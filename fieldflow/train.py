@@ -424,6 +424,9 @@ def fit(
     if store is not None:
         if diverged:
             history["diverged_at"] = step
+            # the last good parameters, so that a run that diverged before its first
+            # evaluation still loads (and can be resumed with a lower learning rate)
+            store.save(step, params, opt_state, meta(step))
         store.close()
         if primary:
             _write_history(run_dir, history)

@@ -15,7 +15,7 @@ from flax import nnx
 
 import fieldflow
 from fieldflow import TRENF
-from fieldflow.checkpoint import load
+from fieldflow.checkpoint import CheckpointStore, load
 from fieldflow.train import TrainConfig, fit, random_lattice_symmetry
 
 # one worker runs this module: its module fixtures are built once
@@ -192,6 +192,10 @@ def test_divergence_stops_and_keeps_last_good_parameters(tmp_path):
     assert result.diverged and result.steps_done < 40
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(nnx.state(model)))
     assert bool(jnp.all(jnp.isfinite(model.log_prob(maps[:4], theta[:4]))))
+    # the last good parameters are on disk: a run that diverged early still loads
+    store = CheckpointStore(tmp_path)
+    assert store.latest_step() == result.steps_done
+    store.close()
 
 
 @pytest.mark.parametrize(
