@@ -299,12 +299,21 @@ def default_thetas() -> list[tuple[str, tuple[float, float]]]:
 
 
 def sample_quality_benchmark(
-    model, cfg: dict, splits: dict, thetas, num: int, seed: int = 0, log=None
+    model,
+    cfg: dict,
+    splits: dict,
+    thetas,
+    num: int,
+    seed: int = 0,
+    log=None,
+    sims_cache: dict | None = None,
 ) -> dict:
     """:func:`sample_quality` of ``num`` samples against ``num`` :func:`held_out_sims` at each
     ``(kind, theta)`` of ``thetas`` (e.g. :func:`default_thetas`): one row per theta with the
     P(k) ratios, the maximal deviations, pass flags and seconds; ``log(line)`` is called with a
     one-line summary of each. Returns ``{"results": rows, "all_passed", "all_passed_except_edge"}``.
+    A dict passed as ``sims_cache`` keeps the simulations per theta, so several models are
+    compared on the same maps without simulating them again.
     """
     import time
 
@@ -316,7 +325,13 @@ def sample_quality_benchmark(
     for i, (kind, theta) in enumerate(thetas):
         t0 = time.perf_counter()
         theta = np.asarray(theta, np.float64)
-        sims, source = held_out_sims(cfg, splits, theta, num, seed)
+        key = (*np.round(theta, 6).tolist(), num, seed)
+        if sims_cache is not None and key in sims_cache:
+            sims, source = sims_cache[key]
+        else:
+            sims, source = held_out_sims(cfg, splits, theta, num, seed)
+            if sims_cache is not None:
+                sims_cache[key] = (sims, source)
         samples = sample_maps(model, theta, len(sims), jax.random.key(seed + i))
         stats = sample_quality(samples, sims, float(cfg["box"]))
         theory = theory_check(cfg, theta, stats)

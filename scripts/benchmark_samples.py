@@ -13,6 +13,10 @@ Default theta: the fiducial (0.3, 0.8), the four points at 1/4 and 3/4 of the pr
 on each axis ("interior"), and two corners at 1/10 and 9/10 ("edge").
 
     python scripts/benchmark_samples.py RUN_DIR DATA_DIR [--num 4096] [--theta 0.3 0.8 ...]
+        [--also OTHER_RUN ...]
+
+``--also`` evaluates further runs on the same data set against the same simulations (they are
+simulated once); their results go under ``"also"``, keyed by run directory.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="another run on the same data set, compared with the same simulations (repeatable)",
+    )
     return p
 
 
@@ -51,9 +63,26 @@ def main(argv=None) -> dict:
 
     cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir, args.seed)
     thetas = [("given", tuple(t)) for t in args.theta] if args.theta else default_thetas()
-    bench = sample_quality_benchmark(
-        model, cfg, splits, thetas, args.num, args.seed, log=lambda s: print(s, file=sys.stderr)
-    )
+    cache: dict = {}
+
+    def bench_of(run_dir, model):
+        print(f"{run_dir}:", file=sys.stderr)
+        return sample_quality_benchmark(
+            model,
+            cfg,
+            splits,
+            thetas,
+            args.num,
+            args.seed,
+            log=lambda s: print(s, file=sys.stderr),
+            sims_cache=cache,
+        )
+
+    bench = bench_of(args.run_dir, model)
+    also = {
+        str(run): bench_of(run, load_run_and_data(run, args.data_dir, args.seed)[1])
+        for run in args.also
+    }
     result = {
         "run_dir": str(args.run_dir),
         "data_dir": str(args.data_dir),
@@ -62,6 +91,8 @@ def main(argv=None) -> dict:
         "num": args.num,
         **bench,
     }
+    if also:
+        result["also"] = also
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result, indent=2))
