@@ -100,8 +100,8 @@ def test_group_mixture_is_invariant_under_every_lattice_symmetry(flows):
         np.testing.assert_allclose(r.inverse(r(x)), x, atol=0)
     ref = group_mixture_log_prob(model, x, cond, elements)
     assert float(jnp.max(jnp.abs(ref - model.log_prob(x, cond)))) > 1e-2
-    moves = [LatticeSymmetry((1, 0)), LatticeSymmetry((1, 3)), LatticeSymmetry((0, 0), 1)]
-    moves += [LatticeSymmetry((0, 0), 0, True), LatticeSymmetry((2, 5), 3, True)]
+    # a one-pixel shift, a quarter turn, and a reflection composed with both
+    moves = [LatticeSymmetry((1, 0)), LatticeSymmetry((0, 0), 1), LatticeSymmetry((2, 5), 3, True)]
     for g in moves:
         moved = group_mixture_log_prob(model, g(x), cond, elements)
         np.testing.assert_allclose(moved, ref, rtol=1e-5, err_msg=str(g))
