@@ -148,11 +148,12 @@ def eigenvalue_interval(
     s = np.asarray(scores, np.float64)
     h = np.asarray(hessians, np.float64)
     m, d = s.shape
-    idx = np.random.default_rng(seed).integers(0, m, size=(int(n_boot), m))
-    sb, hb = s[idx], h[idx]  # (n_boot, m, d), (n_boot, m, d, d)
-    dev = sb - sb.mean(axis=1, keepdims=True)
-    cov = np.einsum("bmi,bmj->bij", dev, dev) / (m - 1)
-    fisher = -hb.mean(axis=1)
+    # a resample as the number of times it draws each map: (n_boot, m) weights summing to m
+    w = np.random.default_rng(seed).multinomial(m, np.full(m, 1.0 / m), size=int(n_boot)) / m
+    mean = w @ s
+    outer = (w @ np.einsum("mi,mj->mij", s, s).reshape(m, d * d)).reshape(-1, d, d)
+    cov = (outer - np.einsum("bi,bj->bij", mean, mean)) * (m / (m - 1))
+    fisher = -(w @ h.reshape(m, d * d)).reshape(-1, d, d)
     fisher = 0.5 * (fisher + np.swapaxes(fisher, 1, 2))
     concave = np.linalg.eigvalsh(fisher).min(axis=1) > 0
     out = {"level": level, "low": None, "high": None, "n_boot": int(n_boot)}
