@@ -248,3 +248,31 @@ def test_adjusted_likelihood_passes_the_score_test(toy_maps):
     res = adjusted_score_test(over, toy_maps[200:], THETA0, grid, adj, chunk=4096)
     assert min(adj.tests[0]["eigenvalues"]) > 3.0  # raw: 4
     assert 0.7 < res["eigenvalues"][0] <= res["eigenvalues"][1] < 1.4
+
+
+def test_adjusted_score_test_follows_the_clipped_likelihood_of_the_posterior(toy_maps):
+    """theta* = theta_hat + A (theta0 - theta_hat) beyond the grid box is clipped to it, as in
+    adjusted_posteriors; the score and Hessian are those of l(clip(theta*)) (autodiff check)."""
+    from fieldflow.inference import CurvatureAdjustment, adjusted_score_test, grid_log_likelihood
+
+    a = 3.0 * np.eye(2)
+    adj = CurvatureAdjustment(np.array([THETA0]), a[None], (0.0, 0.5), (0.6, 1.1), {})
+    grid = theta_grid(60, 60, om_range=(0.0, 0.6), s8_range=(0.5, 1.1))
+    maps = toy_maps[:80]
+    res = adjusted_score_test(toy, maps, THETA0, grid, adj, chunk=4096)
+
+    raw = grid_log_likelihood(toy, maps, grid, per_map=True, chunk=4096).reshape(len(maps), -1)
+    hats = jnp.asarray(grid.points[np.argmax(raw, axis=1)], jnp.float32)
+    lo, hi = jnp.array([0.0, 0.5]), jnp.array([0.6, 1.1])
+
+    def l_adj(theta, x, hat):
+        star = jnp.clip(hat + jnp.asarray(a, jnp.float32) @ (theta - hat), lo, hi)
+        return toy(x[None], star[None])[0]
+
+    t0 = jnp.asarray(THETA0, jnp.float32)
+    s = jax.vmap(jax.grad(l_adj), (None, 0, 0))(t0, jnp.asarray(maps), hats)
+    h = jax.vmap(jax.hessian(l_adj), (None, 0, 0))(t0, jnp.asarray(maps), hats)
+    clipped = np.any((hats + (t0 - hats) @ a.T < lo) | (hats + (t0 - hats) @ a.T > hi), axis=1)
+    assert 0 < clipped.sum() < len(maps)  # the case under test happens, but not everywhere
+    np.testing.assert_allclose(res["mean_score"], np.mean(s, axis=0), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(res["fisher"], -np.mean(h, axis=0), rtol=1e-3, atol=1e-3)

@@ -289,12 +289,18 @@ def adjusted_score_test(
 ) -> dict:
     """The score test of the curvature-adjusted likelihood at the true ``theta0`` of ``maps``.
 
-    For map m, l_A(theta) = l(theta*) with theta* = theta_hat + A (theta - theta_hat), so its
-    score at theta0 is A^T s(theta*) and its Hessian A^T H(theta*) A, theta* taken at theta0
-    (theta_hat from the raw grid log-likelihood, as in :func:`adjusted_posteriors`).
+    For map m, l_A(theta) = l(clip(theta*)) with theta* = theta_hat + A (theta - theta_hat),
+    clipped to the grid box as in :func:`adjusted_posteriors` (the likelihood that posterior
+    uses), so its score at theta0 is A^T D s(clip(theta*)) and its Hessian
+    A^T D H(clip(theta*)) D A, D = diag(1 where theta* is inside the box, 0 where clipped)
+    (theta_hat from the raw grid log-likelihood).
     """
     _, hat, a = _maxima(log_like, maps, grid, adjustment, raw_loglike, chunk)
     t0 = np.asarray(theta0, np.float64).ravel()
     star = hat + np.einsum("mij,mj->mi", a, t0[None] - hat)
-    s, h = score_and_hessian(log_like, maps, star)
-    return score_test(np.einsum("mji,mj->mi", a, s), np.einsum("mki,mkl,mlj->mij", a, h, a))
+    lo = np.array([grid.om_range[0], grid.s8_range[0]])
+    hi = np.array([grid.om_range[1], grid.s8_range[1]])
+    inside = ((star >= lo) & (star <= hi)).astype(np.float64)  # (M, 2): the diagonal of D
+    s, h = score_and_hessian(log_like, maps, np.clip(star, lo, hi))
+    da = inside[:, :, None] * a  # D A
+    return score_test(np.einsum("mji,mj->mi", da, s), np.einsum("mki,mkl,mlj->mij", da, h, da))
