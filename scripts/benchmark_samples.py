@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _same_size_model(run_dir: Path, shape) -> object:
+    """The model of another run (the data set is already loaded); SystemExit unless its maps
+    are ``shape``."""
+    from fieldflow.checkpoint import load
+
+    model = load(run_dir)
+    if tuple(model.shape) != tuple(shape):
+        raise SystemExit(f"{run_dir} is for {model.shape} maps, the first run for {shape}")
+    return model
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.num < 2:
@@ -79,10 +90,7 @@ def main(argv=None) -> dict:
         )
 
     bench = bench_of(args.run_dir, model)
-    also = {
-        str(run): bench_of(run, load_run_and_data(run, args.data_dir, args.seed)[1])
-        for run in args.also
-    }
+    also = {str(run): bench_of(run, _same_size_model(run, model.shape)) for run in args.also}
     result = {
         "run_dir": str(args.run_dir),
         "data_dir": str(args.data_dir),

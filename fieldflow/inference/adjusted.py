@@ -266,9 +266,7 @@ def adjusted_posteriors(
     n_maps, hat, a = _maxima(log_like, maps, grid, adjustment, raw_loglike, chunk, n, per_map)
     pts = grid.points.astype(np.float64)
     warped = hat[:, None, :] + np.einsum("mij,tmj->mti", a, pts[:, None, :] - hat[None])
-    lo = (grid.om_range[0], grid.s8_range[0])
-    hi = (grid.om_range[1], grid.s8_range[1])
-    warped = np.clip(warped, lo, hi)
+    warped = np.clip(warped, *grid.box)
     if not per_map:
         warped = np.repeat(warped, n_maps, axis=0)
     ll = grid_log_likelihood(log_like, maps, grid, chunk=chunk, per_map=per_map, n=n, points=warped)
@@ -298,8 +296,7 @@ def adjusted_score_test(
     _, hat, a = _maxima(log_like, maps, grid, adjustment, raw_loglike, chunk)
     t0 = np.asarray(theta0, np.float64).ravel()
     star = hat + np.einsum("mij,mj->mi", a, t0[None] - hat)
-    lo = np.array([grid.om_range[0], grid.s8_range[0]])
-    hi = np.array([grid.om_range[1], grid.s8_range[1]])
+    lo, hi = grid.box
     inside = ((star >= lo) & (star <= hi)).astype(np.float64)  # (M, 2): the diagonal of D
     s, h = score_and_hessian(log_like, maps, np.clip(star, lo, hi))
     da = inside[:, :, None] * a  # D A

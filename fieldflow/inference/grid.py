@@ -64,6 +64,14 @@ class ThetaGrid:
         return np.stack([om.ravel(), s8.ravel()], axis=-1).astype(np.float32)
 
     @property
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        """The lower and upper corners of the box, (Omega_m, sigma_8) each, float64."""
+        return (
+            np.array([self.om_range[0], self.s8_range[0]], np.float64),
+            np.array([self.om_range[1], self.s8_range[1]], np.float64),
+        )
+
+    @property
     def extent(self) -> tuple[float, float, float, float]:
         """(om_lo, om_hi, s8_lo, s8_hi) of the box, for ``imshow``."""
         return (*self.om_range, *self.s8_range)
