@@ -63,11 +63,8 @@ def model_diagnostics(
     out: dict = {"latent_z2_power_lowest_k": latent_amplitude_power(np.concatenate(zs))}
     if levels:
         terms = -np.concatenate(levels).mean(axis=0) / (maps.shape[1] * maps.shape[2])
-        out["nll_terms_per_pixel"] = {
-            "coarsest": float(terms[0]),
-            **{f"details_level_{i + 1}": float(v) for i, v in enumerate(terms[1:-1])},
-            "standardisation": float(terms[-1]),
-        }
+        names = model.level_term_names
+        out["nll_terms_per_pixel"] = {k: float(v) for k, v in zip(names, terms, strict=True)}
     if model.model_type == "multiscale" and n_mixture:
         out["group_mixture"] = _group_mixture_nll(model, maps[:n_mixture], theta[:n_mixture])
     if "fiducial" in splits and n_score != 0:

@@ -40,6 +40,7 @@ def model_kwargs(model_type: str, args) -> dict:
             coarse_hidden=(64, 64),
             detail_layers=args.detail_layers,
             detail_hidden=args.detail_hidden,
+            prefix_layers=args.prefix_layers,
         )
     return kw
 
@@ -57,8 +58,14 @@ def main(argv=None) -> dict:
     p.add_argument("--levels", type=int, default=1)
     p.add_argument("--detail-layers", type=int, default=2)
     p.add_argument("--detail-hidden", type=int, default=32)
+    p.add_argument("--prefix-layers", type=int, default=0, help="full-resolution TRENF layers")
     p.add_argument("--theta0", type=float, nargs=2, default=[0.3, 0.8])
     p.add_argument("--n-score", type=int, default=None, help="score-test maps (0: none)")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="train on randomly shifted, rotated and reflected maps",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -82,6 +89,7 @@ def main(argv=None) -> dict:
             eval_every=100,
             patience=None,
             checkpoint_every=1_000_000,
+            augment=args.augment,
             seed=args.seed,
         )
         t0 = time.perf_counter()

@@ -266,7 +266,9 @@ FLOW_SPECS: dict[str, FlowSpec] = {
         functools.partial(build_realnvp, n_scales=1, cond_dim=0), cond_dim=0, **REALNVP
     ),
     "multiscale": FlowSpec(
-        functools.partial(build_multiscale, log_offset=0.01, **TRENF_STANDARDISATION),
+        functools.partial(
+            build_multiscale, log_offset=0.01, prefix_layers=1, **TRENF_STANDARDISATION
+        ),
         log_offset=0.01,
         symmetries=frozenset({"shift(4,-4)"}),
     ),

@@ -62,7 +62,13 @@ def test_log_prob_is_the_sum_of_the_level_terms(flows):
     model = flows["multiscale"].module
     x, cond = contrasts(8), jnp.asarray(CONDS)
     terms = model.level_log_probs(x, cond)
-    assert terms.shape == (3, model.n_levels + 2)
+    assert model.level_term_names == [
+        "coarsest",
+        "details_level_1",
+        "full_resolution_trenf",
+        "standardisation",
+    ]
+    assert terms.shape == (3, 4)
     # the standardisation term: -N^2 log(scale) - sum log(1 + c + x)
     expected = -64 * np.log(model.data_scale) - np.sum(np.log(1.01 + np.asarray(x)), axis=(1, 2))
     np.testing.assert_allclose(terms[:, -1], expected, rtol=1e-5)
@@ -83,7 +89,7 @@ def test_invariant_under_exactly_the_level_shifts(flows):
         moved = jnp.roll(x, shift, axis=(1, 2))
         np.testing.assert_allclose(model.log_prob(moved, cond), ref, rtol=1e-5, err_msg=shift)
         z_moved = model.forward(moved, cond)[0]
-        np.testing.assert_allclose(z_moved, jnp.roll(z, shift, axis=(1, 2)), atol=1e-5)
+        np.testing.assert_allclose(z_moved, jnp.roll(z, shift, axis=(1, 2)), atol=3e-5)
     for shift in SHIFTS_BROKEN:
         lp = model.log_prob(jnp.roll(x, shift, axis=(1, 2)), cond)
         assert float(jnp.max(jnp.abs(lp - ref))) > 1e-2, shift
@@ -126,7 +132,7 @@ def test_diagnostics_report_the_mixture_nll_beside_the_model_nll(flows):
     np.testing.assert_allclose(
         mix["model_nll_per_pixel"], -float(jnp.mean(model.log_prob(x, cond))) / 64, rtol=1e-5
     )
-    assert set(out["nll_terms_per_pixel"]) == {"coarsest", "details_level_1", "standardisation"}
+    assert list(out["nll_terms_per_pixel"]) == model.level_term_names
 
 
 def test_group_mixture_needs_a_model_with_known_symmetries():

@@ -53,6 +53,12 @@ def add_parser(subparsers):
     p.add_argument("--channels", type=int, default=32, help="RealNVP conv channels")
     p.add_argument("--levels", type=int, default=1, help="multiscale: Haar levels")
     p.add_argument("--detail-layers", type=int, default=2, help="multiscale: detail layers")
+    p.add_argument(
+        "--prefix-layers",
+        type=int,
+        default=0,
+        help="multiscale: full-resolution TRENF layers before the Haar split",
+    )
     p.add_argument("--detail-hidden", type=int, default=32, help="multiscale: detail MLP width")
     p.add_argument(
         "--log-offset",
@@ -92,6 +98,7 @@ def model_kwargs(args) -> dict:
             "coarse_hidden": tuple(args.hidden),
             "detail_layers": args.detail_layers,
             "detail_hidden": args.detail_hidden,
+            "prefix_layers": args.prefix_layers,
         }
     else:
         kw = {"hidden_channels": args.channels}

@@ -1,15 +1,21 @@
 """Multiscale flow: a Haar-wavelet hierarchy of conditional flows (after Dai & Seljak 2023,
 arXiv:2306.04689, and Wavelet Flow, Yu et al. 2020).
 
-The standardised map u = (g(x) - shift) / scale (g(x) = x or log(1 + c + x)) is split
-level by level with the orthonormal Haar transform (``fieldflow.models.haar``),
+The standardised map u = (g(x) - shift) / scale (g(x) = x or log(1 + c + x)), optionally
+passed through P full-resolution TRENF layers first (v = f_P(u; theta), v = u for P = 0),
+is split level by level with the orthonormal Haar transform (``fieldflow.models.haar``),
 
-    s_0 = u,   (s_l, D_l) = Haar(s_{l-1}),   D_l = (h, v, e)_l,   l = 1 ... L,
+    s_0 = v,   (s_l, D_l) = Haar(s_{l-1}),   D_l = (h, v, e)_l,   l = 1 ... L,
 
 s_l of side N / 2^l, D_l its three detail maps. Haar is orthogonal (log|det| = 0), so
 
     log p(x | theta) = log p_TRENF(s_L | theta) + sum_l log p(D_l | s_l, theta)
-                       - N^2 log(scale) [- sum_pixels log(1 + c + x)].
+                       [+ log|dv/du|] - N^2 log(scale) [- sum_pixels log(1 + c + x)].
+
+With P > 0 the hierarchy models what a TRENF leaves behind (its latent map, white and
+Gaussian in its one-point statistics, but with a small-scale amplitude that follows the
+large-scale density): the coarse TRENF and the detail flows start near the identity, so the
+untrained model is close to the full-resolution TRENF followed by a white Gaussian.
 
 The coarsest map s_L is modelled by a TRENF, each detail density p(D_l | s_l, theta) by
 the conditional flow of ``fieldflow.models.detail_flow`` (radial Fourier kernels per detail
@@ -22,7 +28,8 @@ orthogonal map, so log N(z; 0, I) is the sum of the levels' standard normal dens
 Symmetries (exact): log p is invariant, and z equivariant, under the periodic shifts
 (a, b) with a and b multiples of 2^L and (a + b) / 2^L even (e.g. (2^(L+1), 0),
 (2^L, 2^L), (2^(L+1), -2^(L+1))): the Haar blocks, the checkerboards of every level and the
-TRENF all move onto themselves. It is NOT invariant under the other shifts, the 90 and 180
+TRENF all move onto themselves (the full-resolution TRENF keeps every periodic shift and
+lattice symmetry, so it changes none of this). It is NOT invariant under the other shifts, the 90 and 180
 degree rotations, the reflections or the transpose: Haar maps these onto permutations and
 sign flips of (h, v, e), which the couplings do not share.
 """
@@ -49,6 +56,8 @@ class MultiscaleFlow(FlowModel):
         shape: (N, N); N must be divisible by 2^(n_levels + 1) with N / 2^n_levels >= 4.
         n_levels: L Haar levels.
         coarse_layers, coarse_psi_bins, coarse_hidden: the TRENF of the coarsest map.
+        prefix_layers: P full-resolution TRENF layers before the Haar split (0: none); they
+            share the coarse TRENF's spline bins and conditioner widths.
         detail_layers: J layers of each level's detail flow.
         detail_bins: spline bins of the detail couplings.
         detail_hidden: width of the detail couplings' per-pixel MLPs.
@@ -74,6 +83,7 @@ class MultiscaleFlow(FlowModel):
         coarse_layers: int = 4,
         coarse_psi_bins: int = 8,
         coarse_hidden: Sequence[int] = (64, 64),
+        prefix_layers: int = 0,
         detail_layers: int = 2,
         detail_bins: int = 8,
         detail_hidden: int = 32,
@@ -101,6 +111,8 @@ class MultiscaleFlow(FlowModel):
                 f"N = {n} must be divisible by 2^(n_levels + 1) = {2 ** (n_levels + 1)} "
                 f"with N / 2^n_levels >= 4"
             )
+        if prefix_layers < 0:
+            raise ValueError(f"prefix_layers must be >= 0, got {prefix_layers}")
         if detail_layers < 1 or detail_bins < 2 or detail_hidden < 1:
             raise ValueError("detail_layers, detail_hidden must be >= 1 and detail_bins >= 2")
         if not psi_bound > 0:
@@ -109,6 +121,7 @@ class MultiscaleFlow(FlowModel):
         self.coarse_layers = int(coarse_layers)
         self.coarse_psi_bins = int(coarse_psi_bins)
         self.coarse_hidden = tuple(int(h) for h in coarse_hidden)
+        self.prefix_layers = int(prefix_layers)
         self.detail_layers = int(detail_layers)
         self.detail_bins = int(detail_bins)
         self.detail_hidden = int(detail_hidden)
@@ -118,18 +131,8 @@ class MultiscaleFlow(FlowModel):
         self.init_noise = float(init_noise)
         self.unroll = bool(unroll)
         nc = n // 2**n_levels
-        self.coarse = TRENF(
-            (nc, nc),
-            n_layers=self.coarse_layers,
-            n_psi_bins=self.coarse_psi_bins,
-            psi_bound=self.psi_bound,
-            cond_dim=self.cond_dim,
-            hidden=self.coarse_hidden,
-            cond_low=self.cond_low,
-            cond_high=self.cond_high,
-            init_noise=self.init_noise,
-            rngs=rngs,
-        )
+        self.coarse = self._trenf(nc, self.coarse_layers, rngs)
+        self.prefix = self._trenf(n, self.prefix_layers, rngs) if self.prefix_layers else None
         self.details = nnx.List(
             [
                 DetailFlow(
@@ -161,6 +164,7 @@ class MultiscaleFlow(FlowModel):
             "coarse_layers": self.coarse_layers,
             "coarse_psi_bins": self.coarse_psi_bins,
             "coarse_hidden": list(self.coarse_hidden),
+            "prefix_layers": self.prefix_layers,
             "detail_layers": self.detail_layers,
             "detail_bins": self.detail_bins,
             "detail_hidden": self.detail_hidden,
@@ -177,6 +181,37 @@ class MultiscaleFlow(FlowModel):
             "unroll": self.unroll,
         }
 
+    def _trenf(self, n: int, n_layers: int, rngs: nnx.Rngs) -> TRENF:
+        """A TRENF on n x n standardised maps, with the coarse TRENF's settings."""
+        return TRENF(
+            (n, n),
+            n_layers=n_layers,
+            n_psi_bins=self.coarse_psi_bins,
+            psi_bound=self.psi_bound,
+            cond_dim=self.cond_dim,
+            hidden=self.coarse_hidden,
+            cond_low=self.cond_low,
+            cond_high=self.cond_high,
+            init_noise=self.init_noise,
+            rngs=rngs,
+        )
+
+    @property
+    def level_term_names(self) -> list[str]:
+        """Names of the columns of :meth:`level_log_probs`."""
+        names = ["coarsest", *(f"details_level_{i}" for i in range(1, self.n_levels + 1))]
+        return names + (["full_resolution_trenf"] if self.prefix_layers else []) + [
+            "standardisation"
+        ]
+
+    def _prefixed(self, x, cond):
+        """v = f_P(u; theta) of the standardised map u, log|dv/du| (B,) and log|du/dx| (B,)."""
+        u, logdet = self._standardise(x)
+        if self.prefix is None:
+            return u, jnp.zeros_like(logdet), logdet
+        v, ld_prefix = self.prefix._forward(u, cond)
+        return v, ld_prefix, logdet
+
     def _levels_forward(self, x, cond):
         """The latents of every level: z_coarse (B, nc, nc), [z_1 ... z_L] (B, 3, m_l, m_l),
         and the log-determinants [coarse, level 1 ... level L] (each (B,)) of u -> latents."""
@@ -190,30 +225,34 @@ class MultiscaleFlow(FlowModel):
         return z_coarse, zs, [ld_coarse, *logdets]
 
     def _forward(self, x, cond):
-        u, logdet = self._standardise(x)
-        z, zs, logdets = self._levels_forward(u, cond)
+        v, ld_prefix, logdet = self._prefixed(x, cond)
+        z, zs, logdets = self._levels_forward(v, cond)
         for z_details in reversed(zs):
             z = haar_merge(z, z_details)
-        return z, logdet + sum(logdets)
+        return z, logdet + ld_prefix + sum(logdets)
 
     def _level_log_probs(self, x, cond):
-        """(B, L + 2): log p(s_L | theta), log p(D_l | s_l, theta) for l = 1 ... L, and
-        log|du/dx| of the standardisation; their sum is log p(x | theta)."""
-        u, logdet = self._standardise(x)
-        z, zs, logdets = self._levels_forward(u, cond)
+        """(B, len(level_term_names)): log p(s_L | theta), log p(D_l | s_l, theta) for
+        l = 1 ... L, log|dv/du| of the full-resolution TRENF (if any) and log|du/dx| of the
+        standardisation; their sum is log p(x | theta)."""
+        v, ld_prefix, logdet = self._prefixed(x, cond)
+        z, zs, logdets = self._levels_forward(v, cond)
         terms = [standard_normal_logpdf(z) + logdets[0]]
         for z_details, ld in zip(zs, logdets[1:], strict=True):
             b = z_details.shape[0]
             terms.append(standard_normal_logpdf(z_details.reshape(b, -1, z_details.shape[-1])) + ld)
+        if self.prefix is not None:
+            terms.append(ld_prefix)
         return jnp.stack([*terms, logdet], axis=1)
 
     def _log_prob(self, x, cond):
         return jnp.sum(self._level_log_probs(x, cond), axis=1)
 
     def level_log_probs(self, x, cond=None) -> jnp.ndarray:
-        """The terms of log p(x | theta) in nats, (B, L + 2): the coarsest map's TRENF
-        density log p(s_L | theta), the detail densities log p(D_l | s_l, theta) of levels
-        l = 1 ... L, and the standardisation's log|du/dx|. They sum to :meth:`log_prob`."""
+        """The terms of log p(x | theta) in nats, (B, len(level_term_names)): the coarsest
+        map's TRENF density log p(s_L | theta), the detail densities log p(D_l | s_l, theta)
+        of levels l = 1 ... L, the full-resolution TRENF's log|dv/du| (if it has one) and the
+        standardisation's log|du/dx|. They sum to :meth:`log_prob`."""
         return call_jitted(self, "_level_log_probs", *self._check(x, cond, "x"))
 
     def log_prob(self, x, cond=None) -> jnp.ndarray:
@@ -229,4 +268,6 @@ class MultiscaleFlow(FlowModel):
         s = self.coarse._inverse(z, cond)
         for flow, z_details in zip(reversed(self.details), reversed(zs), strict=True):
             s = haar_merge(s, flow.inverse(z_details, s, cond))
+        if self.prefix is not None:
+            s = self.prefix._inverse(s, cond)  # its own standardisation is the identity
         return self._destandardise(s)
