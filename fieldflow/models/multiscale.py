@@ -29,9 +29,9 @@ Symmetries (exact): log p is invariant, and z equivariant, under the periodic sh
 (a, b) with a and b multiples of 2^L and (a + b) / 2^L even (e.g. (2^(L+1), 0),
 (2^L, 2^L), (2^(L+1), -2^(L+1))): the Haar blocks, the checkerboards of every level and the
 TRENF all move onto themselves (the full-resolution TRENF keeps every periodic shift and
-lattice symmetry, so it changes none of this). It is NOT invariant under the other shifts, the 90 and 180
-degree rotations, the reflections or the transpose: Haar maps these onto permutations and
-sign flips of (h, v, e), which the couplings do not share.
+lattice symmetry, so it changes none of this). It is NOT invariant under the other shifts,
+the 90 and 180 degree rotations, the reflections or the transpose: Haar maps these onto
+permutations and sign flips of (h, v, e), which the couplings do not share.
 """
 
 from __future__ import annotations
@@ -200,9 +200,9 @@ class MultiscaleFlow(FlowModel):
     def level_term_names(self) -> list[str]:
         """Names of the columns of :meth:`level_log_probs`."""
         names = ["coarsest", *(f"details_level_{i}" for i in range(1, self.n_levels + 1))]
-        return names + (["full_resolution_trenf"] if self.prefix_layers else []) + [
-            "standardisation"
-        ]
+        return (
+            names + (["full_resolution_trenf"] if self.prefix_layers else []) + ["standardisation"]
+        )
 
     def _prefixed(self, x, cond):
         """v = f_P(u; theta) of the standardised map u, log|dv/du| (B,) and log|du/dx| (B,)."""
