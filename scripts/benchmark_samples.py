@@ -16,7 +16,8 @@ on each axis ("interior"), and two corners at 1/10 and 9/10 ("edge").
         [--also OTHER_RUN ...]
 
 ``--also`` evaluates further runs on the same data set against the same simulations (they are
-simulated once); their results go under ``"also"``, keyed by run directory.
+simulated once); their results go under ``"also"``, keyed by run directory. ``--sims-cache DIR``
+keeps the simulations on disk for later runs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument(
+        "--sims-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the simulations in DIR and reuse those already there (same data set only)",
+    )
     p.add_argument(
         "--also",
         type=Path,
@@ -74,7 +82,12 @@ def main(argv=None) -> dict:
 
     cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir, args.seed)
     thetas = [("given", tuple(t)) for t in args.theta] if args.theta else default_thetas()
-    cache: dict = {}
+    if args.sims_cache is not None:
+        from fieldflow.sims_cache import SimulationCache
+
+        cache = SimulationCache(args.sims_cache, cfg)
+    else:
+        cache = {}
 
     def bench_of(run_dir, model):
         print(f"{run_dir}:", file=sys.stderr)

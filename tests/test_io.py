@@ -42,3 +42,23 @@ def test_read_maps_forms_and_errors(tmp_path):
             read_maps(tmp_path / name)
     with pytest.raises(ValueError, match="out of range"):
         read_maps(tmp_path / "a.npz", index=3)
+
+
+def test_simulation_cache_reloads_and_refuses_another_data_set(tmp_path):
+    from fieldflow.sims_cache import SimulationCache
+
+    cfg = {"simulator": "nbody", "n": 8, "box": 64.0, "seed": 3}
+    cache = SimulationCache(tmp_path / "sims", cfg)
+    key = (0.3, 0.8, 16, 0)
+    assert key not in cache
+    with pytest.raises(KeyError):
+        cache[key]
+    maps = np.random.default_rng(0).normal(size=(16, 8, 8)).astype(np.float32)
+    cache[key] = (maps, "16 new nbody simulations")
+    again = SimulationCache(tmp_path / "sims", dict(cfg))  # another session, same data set
+    assert key in again and (0.3, 0.8, 16, 1) not in again
+    stored, source = again[key]
+    np.testing.assert_array_equal(stored, maps)
+    assert source == "16 new nbody simulations"
+    with pytest.raises(ValueError, match="another data set"):
+        SimulationCache(tmp_path / "sims", {**cfg, "seed": 4})
