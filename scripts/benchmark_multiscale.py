@@ -15,6 +15,10 @@ eigenvalues of F^-1 C (1 for a correct likelihood; lambda > 1: the posterior is 
 sqrt(lambda)) and the coverage they predict for a Gaussian posterior.
 
     python scripts/benchmark_multiscale.py DATA_DIR OUT_DIR --seconds 240 [--log-offset 0.01]
+
+The multiscale flow has ``--prefix-layers`` (default 5) full-resolution TRENF layers before its
+Haar split and is trained on randomly shifted, rotated and reflected maps (``--no-augment``:
+not); ``--prefix-layers 0 --no-augment`` is the plain hierarchy.
 """
 
 from __future__ import annotations
@@ -58,13 +62,14 @@ def main(argv=None) -> dict:
     p.add_argument("--levels", type=int, default=1)
     p.add_argument("--detail-layers", type=int, default=2)
     p.add_argument("--detail-hidden", type=int, default=32)
-    p.add_argument("--prefix-layers", type=int, default=0, help="full-resolution TRENF layers")
+    p.add_argument("--prefix-layers", type=int, default=5, help="full-resolution TRENF layers")
     p.add_argument("--theta0", type=float, nargs=2, default=[0.3, 0.8])
     p.add_argument("--n-score", type=int, default=None, help="score-test maps (0: none)")
     p.add_argument(
-        "--augment",
+        "--no-augment",
         action="store_true",
-        help="train on randomly shifted, rotated and reflected maps",
+        help="train the multiscale flow on the maps as they are, not randomly shifted, "
+        "rotated and reflected (TRENF is invariant: it never needs it)",
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -89,7 +94,7 @@ def main(argv=None) -> dict:
             eval_every=100,
             patience=None,
             checkpoint_every=1_000_000,
-            augment=args.augment,
+            augment=model_type == "multiscale" and not args.no_augment,
             seed=args.seed,
         )
         t0 = time.perf_counter()

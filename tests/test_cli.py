@@ -274,3 +274,24 @@ def test_unknown_option_is_an_argparse_error(capsys):
         main(["sample", "run", "out", "--no-such-option"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_train_defaults_of_the_multiscale_flow():
+    """The multiscale flow gets its full-resolution TRENF layers and lattice augmentation by
+    default (it lacks the symmetries TRENF has exactly); each can be turned off."""
+    from fieldflow.commands import train
+
+    parser = argparse.ArgumentParser()
+    sub = train.add_parser(parser.add_subparsers())
+
+    def parsed(*extra):
+        return sub.parse_args(["data", "run", *extra])
+
+    multiscale = parsed("--model", "multiscale")
+    assert train.model_kwargs(multiscale)["prefix_layers"] == 5 and train.augment(multiscale)
+    assert not train.augment(parsed("--model", "multiscale", "--no-augment"))
+    assert not train.augment(parsed()) and train.augment(parsed("--augment"))
+    assert train.model_kwargs(parsed("--model", "multiscale", "--prefix-layers", "0")) == {
+        **train.model_kwargs(multiscale),
+        "prefix_layers": 0,
+    }

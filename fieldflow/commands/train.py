@@ -20,6 +20,7 @@ calibrate`` take it like any run); the maximum-likelihood run is kept.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from fieldflow import distributed
@@ -45,7 +46,13 @@ def add_parser(subparsers):
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--patience", type=int, default=10, help="evaluations; 0 disables")
-    p.add_argument("--augment", action="store_true", help="random shifts and lattice rotations")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train on randomly shifted, rotated and reflected maps (default: on for the "
+        "multiscale flow, which lacks these symmetries; TRENF has them exactly)",
+    )
     p.add_argument("--layers", type=int, default=5, help="TRENF layers")
     p.add_argument("--psi-bins", type=int, default=8, help="TRENF spline bins")
     p.add_argument("--t-knots", type=int, default=0, help="TRENF kernel knots (0: N/2+1)")
@@ -56,8 +63,8 @@ def add_parser(subparsers):
     p.add_argument(
         "--prefix-layers",
         type=int,
-        default=0,
-        help="multiscale: full-resolution TRENF layers before the Haar split",
+        default=5,
+        help="multiscale: full-resolution TRENF layers before the Haar split (0: none)",
     )
     p.add_argument("--detail-hidden", type=int, default=32, help="multiscale: detail MLP width")
     p.add_argument(
@@ -107,6 +114,11 @@ def model_kwargs(args) -> dict:
     return kw
 
 
+def augment(args) -> bool:
+    """--augment / --no-augment, else on for the multiscale flow only."""
+    return args.model == "multiscale" if args.augment is None else args.augment
+
+
 def run(args) -> dict:
     if args.calibrate and args.distributed:
         raise ValueError(
@@ -125,7 +137,7 @@ def run(args) -> dict:
         eval_every=args.eval_every,
         patience=args.patience or None,
         checkpoint_every=args.checkpoint_every,
-        augment=args.augment,
+        augment=augment(args),
         seed=args.seed,
     )
     summary = train_run(
