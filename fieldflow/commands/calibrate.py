@@ -84,6 +84,7 @@ def run(args) -> dict:
         raise ValueError("need --coverage-maps >= 0 and --grid >= 8")
     cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir)
     om_range, s8_range = inference.model_theta_range(model)
+    low, high = zip(om_range, s8_range, strict=True)  # the corners of the prior box
     for theta in args.theta or []:
         check_cond_range(np.asarray([theta]), model.cond_low, model.cond_high, "--theta")
     sims, sources = calibration_simulations(cfg, splits, args.theta, args.num, args.seed)
@@ -94,8 +95,8 @@ def run(args) -> dict:
     adjustment = inference.estimate_adjustment(
         inference.flow_log_like_fn(model),
         sims,
-        (om_range[0], s8_range[0]),
-        (om_range[1], s8_range[1]),
+        low,
+        high,
         fp,
     )
     out = Path(args.out) if args.out else default_calibration(args.run_dir).parent
@@ -106,8 +107,8 @@ def run(args) -> dict:
             model,
             *splits["train"],
             splits["fiducial"][0],
-            theta_low=(om_range[0], s8_range[0]),
-            theta_high=(om_range[1], s8_range[1]),
+            theta_low=low,
+            theta_high=high,
         )
         score_path = score.save(out / SCORE_FILE, fp)
     selection = None
