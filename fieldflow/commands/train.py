@@ -5,6 +5,11 @@ and checkpoints in RUN_DIR (``--resume`` continues an interrupted run). Writes
 ``summary.json`` (validation and test NLL in nats per pixel; for lognormal data the exact
 test NLL and the gap to it), ``history.json`` and ``loss.png``.
 
+``--model multiscale`` is the Haar-wavelet flow whose small scales follow the large ones
+(``--prefix-layers`` full-resolution TRENF layers first, default 5; ``--levels``,
+``--detail-layers``); it is trained on randomly shifted, rotated and reflected maps unless
+``--no-augment``, since it lacks those symmetries.
+
 ``--distributed`` trains across processes (one per machine, e.g. ``--coordinator host0:12345
 --num-processes 2 --process-id 0`` on host0 and ``--process-id 1`` on host1, or the variables
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID): one global mesh, each process

@@ -214,7 +214,7 @@ class MultiscaleFlow(FlowModel):
 
     def _levels_forward(self, x, cond):
         """The latents of every level: z_coarse (B, nc, nc), [z_1 ... z_L] (B, 3, m_l, m_l),
-        and the log-determinants [coarse, level 1 ... level L] (each (B,)) of u -> latents."""
+        and the log-determinants [coarse, level 1 ... level L] (each (B,)) of v -> latents."""
         s, zs, logdets = x, [], []
         for flow in self.details:
             s, d = haar_split(s)
