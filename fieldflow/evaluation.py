@@ -446,8 +446,7 @@ def calibration_diagnostics(
 
     fns, notes = _likelihoods(model, cfg, splits, cov_maps)
     test_maps, test_theta = (a[:n_coverage] for a in splits["test"])
-    om, s8 = inf.model_theta_range(model)
-    grid = inf.clip_grid(grid, (om[0], s8[0]), (om[1], s8[1]))
+    grid = inf.clip_grid(grid, *inf.model_theta_box(model))
     out, curves = {"notes": notes}, {}
     for name, (fn, grid_fn, pairwise) in fns.items():
         with warnings.catch_warnings(record=True) as caught:

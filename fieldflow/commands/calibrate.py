@@ -84,7 +84,7 @@ def run(args) -> dict:
         raise ValueError("need --coverage-maps >= 0 and --grid >= 8")
     cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir)
     om_range, s8_range = inference.model_theta_range(model)
-    low, high = zip(om_range, s8_range, strict=True)  # the corners of the prior box
+    low, high = inference.model_theta_box(model)
     for theta in args.theta or []:
         check_cond_range(np.asarray([theta]), model.cond_low, model.cond_high, "--theta")
     sims, sources = calibration_simulations(cfg, splits, args.theta, args.num, args.seed)

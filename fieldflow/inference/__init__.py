@@ -64,6 +64,7 @@ from fieldflow.inference.likelihoods import (
     grid_log_likelihood,
     grid_posterior,
     lognormal_log_like_fn,
+    model_theta_box,
     model_theta_range,
 )
 from fieldflow.inference.posterior import (
@@ -120,6 +121,7 @@ __all__ = [
     "flow_posterior",
     "grad_log_prob_theta",
     "model_theta_range",
+    "model_theta_box",
     "lognormal_log_like_fn",
     "exact_lognormal_posterior",
     "PowerSpectrumEmulator",

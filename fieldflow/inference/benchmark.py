@@ -36,7 +36,7 @@ from fieldflow.inference.likelihoods import (
     exact_lognormal_posterior,
     flow_log_like_fn,
     grid_log_likelihood,
-    model_theta_range,
+    model_theta_box,
 )
 from fieldflow.inference.posterior import posteriors_from_loglike
 from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood
@@ -78,8 +78,7 @@ def _compare(
     adjustments = adjustments or {}
     res: dict = {}
     t0 = time.perf_counter()
-    om_range, s8_range = model_theta_range(model)
-    grid = clip_grid(grid, (om_range[0], s8_range[0]), (om_range[1], s8_range[1]))
+    grid = clip_grid(grid, *model_theta_box(model))
     if hasattr(model, "check_support"):
         model.check_support(np.asarray(maps), "maps")
     flow_ll = flow_log_like_fn(model)
@@ -310,8 +309,7 @@ def _calibrate(model, ps, sims, fid_eval, grid, chunk) -> tuple[dict, dict]:
     score tests before (at each calibration theta) and after (on ``fid_eval``)."""
     import data_gen
 
-    lo, hi = model_theta_range(model)
-    low, high = (lo[0], hi[0]), (lo[1], hi[1])
+    low, high = model_theta_box(model)
     fns = {"flow": flow_log_like_fn(model), "power_spectrum": ps.log_like_fn()}
     adjustments, report = {}, {}
     for name, fn in fns.items():

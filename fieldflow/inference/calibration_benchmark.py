@@ -137,8 +137,8 @@ def calibration_benchmark(
 
     t_start = time.perf_counter()
     cfg, model, splits = load_run_and_data(run_dir, data_dir, seed=seed)
-    low, high = (tuple(r) for r in zip(*inference.model_theta_range(model), strict=True))
-    grid = inference.theta_grid(grid_size, grid_size, (low[0], high[0]), (low[1], high[1]))
+    low, high = inference.model_theta_box(model)
+    grid = inference.theta_grid(grid_size, grid_size, *inference.model_theta_range(model))
     timings = {}
     t0 = time.perf_counter()
     sims, sources = calibration_simulations(cfg, splits, None, num, seed + 1)

@@ -47,6 +47,7 @@ __all__ = [
     "flow_posterior",
     "grad_log_prob_theta",
     "model_theta_range",
+    "model_theta_box",
     "lognormal_log_like_fn",
     "exact_lognormal_posterior",
 ]
@@ -238,6 +239,13 @@ def model_theta_range(model) -> tuple[tuple[float, float], tuple[float, float]]:
     return (float(low[0]), float(high[0])), (float(low[1]), float(high[1]))
 
 
+def model_theta_box(model) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The corners (low, high) of the box a conditional model was trained on, each
+    (Omega_m, sigma_8): :func:`model_theta_range` read the other way."""
+    om_range, s8_range = model_theta_range(model)
+    return (om_range[0], s8_range[0]), (om_range[1], s8_range[1])
+
+
 def flow_posterior(
     model,
     maps,
@@ -261,7 +269,7 @@ def flow_posterior(
     if hasattr(model, "check_support"):
         model.check_support(np.asarray(maps), "maps")
     grid = theta_grid(om_range=om_range, s8_range=s8_range) if grid is None else grid
-    grid = clip_grid(grid, (om_range[0], s8_range[0]), (om_range[1], s8_range[1]))
+    grid = clip_grid(grid, *model_theta_box(model))
     return grid_posterior(
         flow_log_like_fn(model),
         maps,
