@@ -55,6 +55,7 @@ def fom_benchmark(
     lr: float = 2e-3,
     layers: int = 5,
     hidden=(128, 128),
+    log_offset: float | None = None,
     n_test: int = 100,
     n_fid_eval: int = 64,
     grid: int = 50,
@@ -85,15 +86,18 @@ def fom_benchmark(
     t0 = time.perf_counter()
     wf.ensure_dataset(data_dir, simulator, n_sims or d["n_sims"], progress=progress, **kw)
     t_data = time.perf_counter() - t0
-    run_dir = Path(run) if run else base / f"run_s{steps}_l{layers}"
+    tag = "" if log_offset is None else f"_lo{log_offset:g}"
+    run_dir = Path(run) if run else base / f"run_s{steps}_l{layers}{tag}"
+    model_kwargs = {"n_layers": layers, "hidden": tuple(hidden)}
+    if log_offset is not None:
+        model_kwargs["log_offset"] = float(log_offset)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, learning_rate=lr, patience=None,
         warmup_steps=min(100, steps // 10), eval_every=max(steps // 20, 1),
         checkpoint_every=max(steps // 4, 1), seed=seed,
     )  # fmt: skip
     train_summary, t_train = wf.ensure_run(
-        data_dir, run_dir, model_kwargs={"n_layers": layers, "hidden": tuple(hidden)},
-        config=config, progress=progress, seed=seed,
+        data_dir, run_dir, model_kwargs=model_kwargs, config=config, progress=progress, seed=seed,
     )  # fmt: skip
     cfg, model, splits = wf.load_run_and_data(run_dir, data_dir, seed=seed)
     sims = None

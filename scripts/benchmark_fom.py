@@ -9,6 +9,7 @@ pass criteria)::
     python scripts/benchmark_fom.py --run out/bench_fom/lognormal_n32/run
     python scripts/benchmark_fom.py --simulator nbody --n-sims 512 --n-fiducial 64
     python scripts/benchmark_fom.py --calibrate 128   # + curvature-adjusted flow and P(k)
+    python scripts/benchmark_fom.py --log-offset 0    # a TRENF of ln(1 + x): exact class
     python scripts/benchmark_fom.py --n-sims 256 --n-fiducial 64 --steps 200 --n-test 20 \\
         --grid 24 --workdir /tmp/fom_smoke                           # smoke test (~2 min)
 """
@@ -35,6 +36,7 @@ OPTIONS = [  # (flag, type, default, help)
     ("--batch-size", int, 32, "training batch"),
     ("--lr", float, 2e-3, "learning rate"),
     ("--layers", int, 5, "TRENF layers"),
+    ("--log-offset", float, None, "a TRENF of log(1 + C + x); 0: lognormal maps' class"),
     ("--n-test", int, 100, "test maps for FoM and coverage"),
     ("--n-fid-eval", int, 64, "fiducial maps held out of the covariance for the fiducial FoM"),
     ("--grid", int, 50, "grid cells per axis over the prior"),

@@ -295,3 +295,21 @@ def test_train_defaults_of_the_multiscale_flow():
         **train.model_kwargs(multiscale),
         "prefix_layers": 0,
     }
+
+
+def test_train_psi_bound_reaches_the_spline_models_only():
+    """--psi-bound sets the splines' range of TRENF and the multiscale flow; RealNVP has no
+    splines, so asking for it there is an error, not a silently ignored option."""
+    from fieldflow.commands import train
+
+    parser = argparse.ArgumentParser()
+    sub = train.add_parser(parser.add_subparsers())
+
+    def kwargs(*extra):
+        return train.model_kwargs(sub.parse_args(["data", "run", *extra]))
+
+    assert "psi_bound" not in kwargs()
+    assert kwargs("--psi-bound", "15")["psi_bound"] == 15.0
+    assert kwargs("--model", "multiscale", "--psi-bound", "8")["psi_bound"] == 8.0
+    with pytest.raises(ValueError, match="--psi-bound"):
+        kwargs("--model", "realnvp", "--psi-bound", "8")

@@ -61,6 +61,14 @@ def add_parser(subparsers):
     p.add_argument("--layers", type=int, default=5, help="TRENF layers")
     p.add_argument("--psi-bins", type=int, default=8, help="TRENF spline bins")
     p.add_argument("--t-knots", type=int, default=0, help="TRENF kernel knots (0: N/2+1)")
+    p.add_argument(
+        "--psi-bound",
+        type=float,
+        default=None,
+        metavar="B",
+        help="TRENF / multiscale: the splines act on [-B, B] of the standardised map and are "
+        "the identity outside (default 5)",
+    )
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="TRENF MLP widths")
     p.add_argument("--channels", type=int, default=32, help="RealNVP conv channels")
     p.add_argument("--levels", type=int, default=1, help="multiscale: Haar levels")
@@ -116,6 +124,10 @@ def model_kwargs(args) -> dict:
         kw = {"hidden_channels": args.channels}
     if args.log_offset is not None:
         kw["log_offset"] = args.log_offset
+    if args.psi_bound is not None:
+        if args.model == "realnvp":
+            raise ValueError("--psi-bound is an option of the TRENF and multiscale flows")
+        kw["psi_bound"] = args.psi_bound
     return kw
 
 
