@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--trenf-layers", type=int, default=5, help="TRENF / coarsest-level layers")
-    p.add_argument("--levels", type=int, default=1)
+    p.add_argument("--levels", type=int, default=None, help="Haar levels (default: up to 3)")
     p.add_argument("--detail-layers", type=int, default=2)
     p.add_argument("--detail-hidden", type=int, default=32)
     p.add_argument("--prefix-layers", type=int, default=5, help="full-resolution TRENF layers")

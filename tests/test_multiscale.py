@@ -26,7 +26,7 @@ from fieldflow.models.group_mixture import (
     group_mixture_sample,
 )
 from fieldflow.models.haar import haar_merge, haar_split
-from fieldflow.models.multiscale import MultiscaleFlow
+from fieldflow.models.multiscale import MultiscaleFlow, deepest_levels
 
 # beside test_contract.py's tests of the shared "multiscale" flow: one worker compiles it
 pytestmark = pytest.mark.xdist_group("flow_multiscale")
@@ -183,3 +183,15 @@ def test_config_rebuilds_the_model(flows):
 def test_bad_configuration_raises(shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
         MultiscaleFlow(shape, rngs=rbg_rngs(0), **{**MULTISCALE_SMALL, **kwargs})
+
+
+@pytest.mark.parametrize("n, levels", [(8, 1), (16, 2), (24, 2), (32, 3), (128, 3)])
+def test_default_levels_are_as_deep_as_the_map_allows(n, levels):
+    """n_levels=None (the CLI default) takes the deepest valid hierarchy up to 3 levels: the
+    coarsest map keeps at least 4 x 4 pixels and the shift lattice stays on the grid. The
+    resolved number is what the config stores, so the run reloads with the same model."""
+    assert deepest_levels(n) == levels
+    if n <= 16:
+        model = MultiscaleFlow((n, n), n_levels=None, rngs=rbg_rngs(0), **MULTISCALE_SMALL)
+        assert model.n_levels == levels and model.config["n_levels"] == levels
+        assert len(model.details) == levels and model.coarse.shape == (n // 2**levels,) * 2

@@ -6,9 +6,9 @@ and checkpoints in RUN_DIR (``--resume`` continues an interrupted run). Writes
 test NLL and the gap to it), ``history.json`` and ``loss.png``.
 
 ``--model multiscale`` is the Haar-wavelet flow whose small scales follow the large ones
-(``--prefix-layers`` full-resolution TRENF layers first, default 5; ``--levels``,
-``--detail-layers``); it is trained on randomly shifted, rotated and reflected maps unless
-``--no-augment``, since it lacks those symmetries.
+(``--prefix-layers`` full-resolution TRENF layers first, default 5; ``--levels``, default as
+many as the map size allows up to 3; ``--detail-layers``); it is trained on randomly shifted,
+rotated and reflected maps unless ``--no-augment``, since it lacks those symmetries.
 
 ``--distributed`` trains across processes (one per machine, e.g. ``--coordinator host0:12345
 --num-processes 2 --process-id 0`` on host0 and ``--process-id 1`` on host1, or the variables
@@ -71,7 +71,12 @@ def add_parser(subparsers):
     )
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="TRENF MLP widths")
     p.add_argument("--channels", type=int, default=32, help="RealNVP conv channels")
-    p.add_argument("--levels", type=int, default=1, help="multiscale: Haar levels")
+    p.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        help="multiscale: Haar levels (default: up to 3, as many as the map size allows)",
+    )
     p.add_argument("--detail-layers", type=int, default=2, help="multiscale: detail layers")
     p.add_argument(
         "--prefix-layers",
