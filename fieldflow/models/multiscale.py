@@ -56,9 +56,15 @@ def deepest_levels(n: int, cap: int = MAX_AUTO_LEVELS) -> int:
     N / 2^L >= 4), at least 1. On 32^2 PM N-body maps each level more brought the samples'
     P(k) closer to the simulations' at the same NLL (README)."""
     levels = 1
-    while levels < cap and n % 2 ** (levels + 2) == 0 and n // 2 ** (levels + 1) >= 4:
+    while levels < cap and _levels_fit(n, levels + 1):
         levels += 1
     return levels
+
+
+def _levels_fit(n: int, levels: int) -> bool:
+    """Whether an N x N map takes ``levels`` Haar levels: the shift lattice of the last level
+    (2^(levels + 1)) divides N and the coarsest map keeps at least 4 x 4 pixels."""
+    return n % 2 ** (levels + 1) == 0 and n // 2**levels >= 4
 
 
 class MultiscaleFlow(FlowModel):
@@ -119,7 +125,7 @@ class MultiscaleFlow(FlowModel):
         n_levels = deepest_levels(n) if n_levels is None else int(n_levels)
         if n_levels < 1:
             raise ValueError(f"n_levels must be >= 1, got {n_levels}")
-        if n % 2 ** (n_levels + 1) or n // 2**n_levels < 4:
+        if not _levels_fit(n, n_levels):
             raise ValueError(
                 f"N = {n} must be divisible by 2^(n_levels + 1) = {2 ** (n_levels + 1)} "
                 f"with N / 2^n_levels >= 4"
