@@ -220,14 +220,38 @@ def sample_maps(model, theta, num: int, key=None, batch: int = 64) -> np.ndarray
 
 
 def held_out_sims(
-    cfg: dict, splits: dict, theta: np.ndarray, num: int, seed: int, batch: int = 64
+    cfg: dict,
+    splits: dict,
+    theta: np.ndarray,
+    num: int,
+    seed: int,
+    batch: int = 64,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, str]:
     """``num`` simulations at theta never used in training, and where they come from.
 
     The data set's ``fiducial/`` maps (when theta is the fiducial theta), topped up with
     fresh simulations of the data set's configuration ``cfg`` (its manifest) with seeds
-    outside the data set, simulated ``batch`` at a time (one compilation).
+    outside the data set, simulated ``batch`` at a time (one compilation). A ``cache``
+    (a dict or a :class:`~fieldflow.sims_cache.SimulationCache`) keyed by (theta, num, seed)
+    returns maps simulated before and keeps new ones; the key of fresh maps only at the
+    fiducial theta (``splits`` without ``fiducial``) ends with a 1.
     """
+    import data_gen
+
+    theta = np.asarray(theta, np.float64)
+    key = (*np.round(theta, 6).tolist(), int(num), int(seed))
+    if np.allclose(theta, data_gen.FIDUCIAL_THETA) and "fiducial" not in splits:
+        key = (*key, 1)
+    if cache is not None and key in cache:
+        return cache[key]
+    maps, source = _simulate_held_out(cfg, splits, theta, int(num), seed, batch)
+    if cache is not None:
+        cache[key] = (maps, source)
+    return maps, source
+
+
+def _simulate_held_out(cfg, splits, theta, num, seed, batch) -> tuple[np.ndarray, str]:
     import data_gen
     from data_gen.dataset import sim_seeds, simulate
 
@@ -325,13 +349,7 @@ def sample_quality_benchmark(
     for i, (kind, theta) in enumerate(thetas):
         t0 = time.perf_counter()
         theta = np.asarray(theta, np.float64)
-        key = (*np.round(theta, 6).tolist(), num, seed)
-        if sims_cache is not None and key in sims_cache:
-            sims, source = sims_cache[key]
-        else:
-            sims, source = held_out_sims(cfg, splits, theta, num, seed)
-            if sims_cache is not None:
-                sims_cache[key] = (sims, source)
+        sims, source = held_out_sims(cfg, splits, theta, num, seed, cache=sims_cache)
         samples = sample_maps(model, theta, len(sims), jax.random.key(seed + i))
         stats = sample_quality(samples, sims, float(cfg["box"]))
         theory = theory_check(cfg, theta, stats)

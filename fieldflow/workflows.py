@@ -206,12 +206,13 @@ def load_run_and_data(run_dir, data_dir, seed: int = 0) -> tuple[dict, object, d
 
 
 def calibration_simulations(
-    cfg: dict, splits: dict, thetas=None, num: int = 64, seed: int = 0
+    cfg: dict, splits: dict, thetas=None, num: int = 64, seed: int = 0, cache=None
 ) -> tuple[list, dict]:
     """Maps never used in training at each calibration theta, ``[(theta, maps (num, N, N))]``,
     and where they come from: the data set's fiducial maps, topped up with fresh simulations
-    of its configuration ``cfg`` (``evaluation.held_out_sims``). ``thetas`` defaults to the
-    fiducial theta and the four interior points of ``evaluation.default_thetas``."""
+    of its configuration ``cfg`` (``evaluation.held_out_sims``, which reads and fills
+    ``cache``). ``thetas`` defaults to the fiducial theta and the four interior points of
+    ``evaluation.default_thetas``."""
     import numpy as np
 
     from fieldflow.evaluation import default_thetas, held_out_sims
@@ -220,7 +221,7 @@ def calibration_simulations(
         thetas = [t for kind, t in default_thetas() if kind in ("fiducial", "interior")]
     sims, sources = [], {}
     for theta in thetas:
-        maps, source = held_out_sims(cfg, splits, np.asarray(theta), int(num), seed)
+        maps, source = held_out_sims(cfg, splits, np.asarray(theta), int(num), seed, cache=cache)
         sims.append((tuple(float(v) for v in theta), maps))
         sources[f"{theta[0]:g},{theta[1]:g}"] = source
     return sims, sources

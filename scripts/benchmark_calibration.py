@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-select", type=int, default=200, help="validation maps that choose the default"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sims-cache",
+        type=Path,
+        default=None,
+        help="folder keeping the held-out simulations for the next run on the same data set",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON file (default RUN/...)")
     return p
 
@@ -47,6 +53,7 @@ def main(argv=None) -> dict:
         grid_size=args.grid,
         n_select=args.n_select,
         seed=args.seed,
+        sims_cache=args.sims_cache,
     )
     print(json.dumps(to_jsonable(out), indent=2))
     path = write_json(args.out or Path(args.run_dir) / "benchmark_calibration.json", out)

@@ -132,6 +132,15 @@ def test_held_out_sims_and_theory_check(run_and_data):
         theory["max_abs_samples_dev_below_nyquist"]
     )
     assert ev.theory_check({**cfg, "simulator": "nbody"}, fid, {}) is None
+    # a cache returns what it holds; fresh maps only at the fiducial theta are kept apart
+    cache = {}
+    ev.held_out_sims(cfg, splits, fid, 20, seed=0, cache=cache)
+    no_fid = {k: v for k, v in splits.items() if k != "fiducial"}
+    fresh, source = ev.held_out_sims(cfg, no_fid, fid, 20, seed=0, cache=cache)
+    assert len(cache) == 2 and "fiducial" not in source
+    assert not np.array_equal(fresh[:16], splits["fiducial"][0])
+    cache[(0.3, 0.8, 20, 0)] = (np.zeros((20, 16, 16)), "held")
+    assert ev.held_out_sims(cfg, splits, fid, 20, seed=0, cache=cache)[1] == "held"
 
 
 def test_sample_quality_benchmark_and_map_posteriors(run_and_data):

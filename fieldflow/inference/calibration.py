@@ -67,9 +67,10 @@ _score_hessian_static = jax.jit(_score_hessian, static_argnums=0)
 
 def _chunk_function(log_like: Callable) -> Callable:
     """``fn(xb, theta) -> (scores, Hessians)`` of ``log_like``, compiled once per model
-    structure (a :class:`FlowLogLike`, a pytree argument), else once per function object."""
+    structure (a :class:`FlowLogLike`, a pytree argument, with its loops rolled), else once
+    per function object."""
     if isinstance(log_like, FlowLogLike):
-        return functools.partial(_score_hessian_jit, log_like)
+        return functools.partial(_score_hessian_jit, log_like.rolled())
     try:
         hash(log_like)
     except TypeError:

@@ -123,12 +123,15 @@ def calibration_benchmark(
     grid_size: int = 40,
     n_select: int = 200,
     seed: int = 0,
+    sims_cache=None,
 ) -> dict:
     """The calibration benchmark of ``run_dir`` on ``data_dir`` (see the module docstring).
 
     ``num`` held-out maps per calibration theta; ``n_test`` test maps across the prior and
     ``n_fid_eval`` fiducial maps for coverage; ``n_select`` validation maps to choose the
-    default posterior by; ``grid_size`` grid cells per axis. Returns a
+    default posterior by; ``grid_size`` grid cells per axis; ``sims_cache`` a folder
+    (:class:`~fieldflow.sims_cache.SimulationCache`) that keeps the held-out simulations for
+    the next benchmark of a run on the same data set. Returns a
     JSON-ready dict with the score tests, the FoM comparison, the checks and the timings.
     """
     import data_gen
@@ -141,10 +144,15 @@ def calibration_benchmark(
     grid = inference.theta_grid(grid_size, grid_size, *inference.model_theta_range(model))
     timings = {}
     t0 = time.perf_counter()
-    sims, sources = calibration_simulations(cfg, splits, None, num, seed + 1)
+    cache = None
+    if sims_cache is not None:
+        from fieldflow.sims_cache import SimulationCache
+
+        cache = SimulationCache(sims_cache, cfg)
+    sims, sources = calibration_simulations(cfg, splits, None, num, seed + 1, cache)
     # independent maps at the same theta: fresh simulations only (another seed)
     no_fiducial = {k: v for k, v in splits.items() if k != "fiducial"}
-    check, _ = calibration_simulations(cfg, no_fiducial, None, num, seed + 2)
+    check, _ = calibration_simulations(cfg, no_fiducial, None, num, seed + 2, cache)
     timings["simulations_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

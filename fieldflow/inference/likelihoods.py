@@ -190,6 +190,19 @@ class FlowLogLike:
         theta = jnp.asarray(theta, jnp.float32)
         return jitted_method(self.graphdef, self.method, "highest", self.state, x, theta)
 
+    def rolled(self) -> FlowLogLike:
+        """The same log-likelihood with the model's inner loops rolled (``unroll=False``),
+        for models that have the option (the multiscale flow): same values, and its
+        second derivatives in theta compile in about half the time (on a 3-level 32^2 flow
+        minutes less), while runs after compilation stay fast. Other models: ``self``."""
+        model = nnx.merge(self.graphdef, self.state)
+        if not getattr(model, "unroll", False):
+            return self
+        from fieldflow.models import build_model
+
+        rolled = build_model(model.model_type, {**model.config, "unroll": False})
+        return FlowLogLike(nnx.split(rolled)[0], self.method, self.state)
+
     def tree_flatten(self):
         return (self.state,), (self.graphdef, self.method)
 
