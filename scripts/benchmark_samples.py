@@ -17,7 +17,9 @@ on each axis ("interior"), and two corners at 1/10 and 9/10 ("edge").
 
 ``--also`` evaluates further runs on the same data set against the same simulations (they are
 simulated once); their results go under ``"also"``, keyed by run directory. ``--sims-cache DIR``
-keeps the simulations on disk for later runs.
+keeps the simulations on disk for later runs; ``--n-samples`` draws more samples than there are
+simulations (e.g. 4096 samples against 512 cached simulations: samples are cheap, N-body
+simulations are not).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar=("OMEGA_M", "SIGMA_8"),
         help="a theta to test (repeatable; default: fiducial, interior and edge points)",
+    )
+    p.add_argument(
+        "--n-samples",
+        type=int,
+        default=None,
+        help="samples per theta (default --num); more than the simulations is allowed",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -74,8 +82,8 @@ def _same_size_model(run_dir: Path, shape) -> object:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    if args.num < 2:
-        raise SystemExit("--num must be at least 2")
+    if args.num < 2 or (args.n_samples is not None and args.n_samples < 2):
+        raise SystemExit("--num and --n-samples must be at least 2")
     from fieldflow.evaluation import default_thetas, sample_quality_benchmark
     from fieldflow.io import write_json
     from fieldflow.workflows import load_run_and_data
@@ -100,6 +108,7 @@ def main(argv=None) -> dict:
             args.seed,
             log=lambda s: print(s, file=sys.stderr),
             sims_cache=cache,
+            n_samples=args.n_samples,
         )
 
     bench = bench_of(args.run_dir, model)
@@ -110,6 +119,7 @@ def main(argv=None) -> dict:
         "simulator": cfg["simulator"],
         "n": cfg["n"],
         "num": args.num,
+        "n_samples": args.num if args.n_samples is None else args.n_samples,
         **bench,
     }
     if also:
