@@ -39,11 +39,14 @@ def calibrated(concave_run_dir, tiny_data_dir, tmp_path_factory):
         "--grid",
         "16",
     ]
-    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    sims = out / "sims"
+    assert main([*argv, "--out", str(out), "--sims-cache", str(sims), "--no-progress"]) == 0
     return out
 
 
 def test_calibrate_writes_score_tests_and_an_adjustment(calibrated):
+    # the held-out maps of both calibration theta are kept for the next calibration
+    assert len(list((calibrated / "sims").glob("*.npz"))) == 2
     summary = json.loads((calibrated / "summary.json").read_text())
     tests = summary["score_tests"]
     assert len(tests) == 2 and any(t["used"] for t in tests)

@@ -60,6 +60,14 @@ def add_parser(subparsers):
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh simulations")
     p.add_argument(
+        "--sims-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the held-out simulations in DIR and reuse those already there "
+        "(same data set only)",
+    )
+    p.add_argument(
         "--coverage-maps",
         type=int,
         default=200,
@@ -87,7 +95,12 @@ def run(args) -> dict:
     low, high = inference.model_theta_box(model)
     for theta in args.theta or []:
         check_cond_range(np.asarray([theta]), model.cond_low, model.cond_high, "--theta")
-    sims, sources = calibration_simulations(cfg, splits, args.theta, args.num, args.seed)
+    cache = None
+    if args.sims_cache is not None:
+        from fieldflow.sims_cache import SimulationCache
+
+        cache = SimulationCache(args.sims_cache, cfg)
+    sims, sources = calibration_simulations(cfg, splits, args.theta, args.num, args.seed, cache)
     if hasattr(model, "check_support"):
         for _, maps in sims:
             model.check_support(maps, "calibration maps")
