@@ -1,13 +1,14 @@
 """Sharded data sets: content, determinism, resume byte-identical, refusals, CLI."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data_gen.__main__ import main
-from data_gen.dataset import generate_dataset, read_shard
+from data_gen.dataset import design_theta, generate_dataset, read_shard
 
 KW = dict(n=8, box=64.0, shard_size=4, seed=3, n_fiducial=3)
 
@@ -37,6 +38,14 @@ def test_generate_contents(tmp_path):
     f = read_shard(d / "fiducial" / "shard_00000.npz")
     np.testing.assert_allclose(f["theta"], [[0.3, 0.8]] * 3)
     assert not np.array_equal(f["maps"][0], s["maps"][0])
+
+
+def test_sobol_design_of_any_size_is_a_silent_reproducible_prefix():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "balance properties" warning for 10 points
+        theta = design_theta(10, seed=3)
+    np.testing.assert_array_equal(theta[:4], design_theta(4, seed=3))
+    assert theta.shape == (10, 2) and not np.array_equal(theta, design_theta(10, seed=4))
 
 
 def test_resume_after_kill_is_byte_identical(tmp_path):
