@@ -70,7 +70,9 @@ def data():
 
 
 def model():
-    return TRENF((8, 8), n_layers=1, hidden=(8,), n_t_knots=4, rngs=nnx.Rngs(0))
+    # "rbg" keys: their initialisers compile ~10x faster than threefry's on CPU
+    rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))
+    return TRENF((8, 8), n_layers=1, hidden=(8,), n_t_knots=4, rngs=rngs)
 
 
 def _params(model) -> list[np.ndarray]:
