@@ -54,6 +54,7 @@ def main(argv=None) -> dict:
         n_select=args.n_select,
         seed=args.seed,
         sims_cache=args.sims_cache,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(json.dumps(to_jsonable(out), indent=2))
     path = write_json(args.out or Path(args.run_dir) / "benchmark_calibration.json", out)

@@ -80,3 +80,15 @@ def test_a_score_test_that_cannot_be_computed_is_recorded_not_raised():
 
     out = _one_test((0.3, 0.8), _score_test_of, nan_like, maps, np.array([0.3, 0.8]))
     assert out["theta"] == [0.3, 0.8] and "NaN or inf" in out["error"]
+
+
+def test_calibration_benchmark_phases_are_timed_and_logged():
+    from fieldflow.inference.calibration_benchmark import _phase
+
+    timings, lines = {}, []
+    with _phase("fom", timings, lines.append):
+        pass
+    with _phase("selection", timings, None):
+        pass
+    assert set(timings) == {"fom_s", "selection_s"} and min(timings.values()) >= 0.0
+    assert lines == ["fom ...", f"fom: {timings['fom_s']:.0f} s"]

@@ -24,8 +24,10 @@ For a run and its data set (:func:`calibration_benchmark`):
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fieldflow.inference.selection import COVERAGE_RANGES
@@ -36,6 +38,18 @@ EIGENVALUE_RANGE = (0.7, 1.4)
 CALIBRATED = ("flow_score_compressed", "flow_adjusted")
 # the names of fom_comparison's results for the posterior kinds of `fieldflow infer`
 RESULT_NAMES = {"raw": "flow", "adjusted": "flow_adjusted", "score": "flow_score_compressed"}
+
+
+@contextlib.contextmanager
+def _phase(name: str, timings: dict, log: Callable[[str], None] | None) -> Iterator[None]:
+    """Time a phase into ``timings[name + "_s"]``; tell ``log`` when it starts and ends."""
+    if log is not None:
+        log(f"{name} ...")
+    t0 = time.perf_counter()
+    yield
+    timings[f"{name}_s"] = time.perf_counter() - t0
+    if log is not None:
+        log(f"{name}: {timings[f'{name}_s']:.0f} s")
 
 
 def _score_tests(like_fns: dict, adjustment, sims, grid) -> dict:
@@ -124,6 +138,7 @@ def calibration_benchmark(
     n_select: int = 200,
     seed: int = 0,
     sims_cache=None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """The calibration benchmark of ``run_dir`` on ``data_dir`` (see the module docstring).
 
@@ -131,8 +146,9 @@ def calibration_benchmark(
     ``n_fid_eval`` fiducial maps for coverage; ``n_select`` validation maps to choose the
     default posterior by; ``grid_size`` grid cells per axis; ``sims_cache`` a folder
     (:class:`~fieldflow.sims_cache.SimulationCache`) that keeps the held-out simulations for
-    the next benchmark of a run on the same data set. Returns a
-    JSON-ready dict with the score tests, the FoM comparison, the checks and the timings.
+    the next benchmark of a run on the same data set; ``log(line)`` hears when each phase
+    starts and how long it took. Returns a JSON-ready dict with the score tests, the FoM
+    comparison, the checks and the timings.
     """
     import data_gen
     from fieldflow import inference
@@ -143,71 +159,73 @@ def calibration_benchmark(
     low, high = inference.model_theta_box(model)
     grid = inference.theta_grid(grid_size, grid_size, *inference.model_theta_range(model))
     timings = {}
-    t0 = time.perf_counter()
     cache = None
     if sims_cache is not None:
         from fieldflow.sims_cache import SimulationCache
 
         cache = SimulationCache(sims_cache, cfg)
-    sims, sources = calibration_simulations(cfg, splits, None, num, seed + 1, cache)
-    # independent maps at the same theta: fresh simulations only (another seed)
-    no_fiducial = {k: v for k, v in splits.items() if k != "fiducial"}
-    check, _ = calibration_simulations(cfg, no_fiducial, None, num, seed + 2, cache)
-    timings["simulations_s"] = time.perf_counter() - t0
+    with _phase("simulations", timings, log):
+        sims, sources = calibration_simulations(cfg, splits, None, num, seed + 1, cache)
+        # independent maps at the same theta: fresh simulations only (another seed)
+        no_fiducial = {k: v for k, v in splits.items() if k != "fiducial"}
+        check, _ = calibration_simulations(cfg, no_fiducial, None, num, seed + 2, cache)
 
-    t0 = time.perf_counter()
-    flow_fn = inference.flow_log_like_fn(model)
-    fp = {"model": inference.model_fingerprint(model), "data": inference.fingerprint(cfg)}
-    adjustment = inference.estimate_adjustment(flow_fn, sims, low, high, fp, chunk=32)
-    fid_maps = splits["fiducial"][0]
-    cov_part, _ = inference.benchmark.split_fiducial(
-        len(fid_maps), n_fid_eval, int(cfg.get("maps_per_sim", 1))
-    )
-    score_like = inference.score_compressed_likelihood(
-        model,
-        *splits["train"],
-        fid_maps[cov_part],
-        theta_low=low,
-        theta_high=high,
-    )
-    ps = inference.PowerSpectrumLikelihood.fit(
-        *splits["train"], fid_maps[cov_part], float(cfg["box"]), degree=3
-    )
-    timings["calibration_s"] = time.perf_counter() - t0
+    with _phase("calibration", timings, log):
+        flow_fn = inference.flow_log_like_fn(model)
+        fp = {"model": inference.model_fingerprint(model), "data": inference.fingerprint(cfg)}
+        adjustment = inference.estimate_adjustment(flow_fn, sims, low, high, fp, chunk=32)
+        fid_maps = splits["fiducial"][0]
+        cov_part, _ = inference.benchmark.split_fiducial(
+            len(fid_maps), n_fid_eval, int(cfg.get("maps_per_sim", 1))
+        )
+        score_like = inference.score_compressed_likelihood(
+            model,
+            *splits["train"],
+            fid_maps[cov_part],
+            theta_low=low,
+            theta_high=high,
+        )
+        ps = inference.PowerSpectrumLikelihood.fit(
+            *splits["train"], fid_maps[cov_part], float(cfg["box"]), degree=3
+        )
 
-    t0 = time.perf_counter()
-    fns = {
-        "flow": flow_fn,
-        "flow_score_compressed": score_like.log_like_fn(),
-        "power_spectrum": ps.log_like_fn(),
-    }
-    if cfg.get("simulator") == "lognormal":
-        fns["exact"] = _exact_log_like(cfg)  # the yardstick: how a correct likelihood scores
-    tests = _score_tests(fns, adjustment, check, grid)
-    timings["score_tests_s"] = time.perf_counter() - t0
+    with _phase("score_tests", timings, log):
+        fns = {
+            "flow": flow_fn,
+            "flow_score_compressed": score_like.log_like_fn(),
+            "power_spectrum": ps.log_like_fn(),
+        }
+        if cfg.get("simulator") == "lognormal":
+            fns["exact"] = _exact_log_like(cfg)  # the yardstick: how a correct likelihood scores
+        tests = _score_tests(fns, adjustment, check, grid)
 
-    t0 = time.perf_counter()
-    fom = inference.fom_comparison(
-        model,
-        splits,
-        cfg,
-        grid,
-        n_test=n_test,
-        n_fid_eval=n_fid_eval,
-        adjustments={"flow": adjustment},
-    )
-    timings.update({f"fom_{k}": v for k, v in fom.pop("timings_s").items()})
-    timings["fom_s"] = time.perf_counter() - t0
+    with _phase("fom", timings, log):
+        fom = inference.fom_comparison(
+            model,
+            splits,
+            cfg,
+            grid,
+            n_test=n_test,
+            n_fid_eval=n_fid_eval,
+            adjustments={"flow": adjustment},
+        )
+        timings.update({f"fom_{k}": v for k, v in fom.pop("timings_s").items()})
 
     # what `fieldflow infer` reports by default after `fieldflow calibrate`
-    t0 = time.perf_counter()
-    selection = inference.PosteriorSelection.on_validation(
-        model, splits, cfg, n_select, grid, fp, adjustment=adjustment, score_likelihood=score_like
-    )
-    if selection is None:
-        raise ValueError(f"{data_dir} has no validation maps to choose the default posterior on")
-    default = RESULT_NAMES[selection.chosen]
-    timings["selection_s"] = time.perf_counter() - t0
+    with _phase("selection", timings, log):
+        selection = inference.PosteriorSelection.on_validation(
+            model,
+            splits,
+            cfg,
+            n_select,
+            grid,
+            fp,
+            adjustment=adjustment,
+            score_likelihood=score_like,
+        )
+        if selection is None:
+            raise ValueError(f"{data_dir} has no validation maps to choose the default posterior")
+        default = RESULT_NAMES[selection.chosen]
     timings["total_s"] = time.perf_counter() - t_start
     return {
         **{k: cfg.get(k) for k in ("simulator", "n", "box", "n_mesh", "particles_per_pixel")},
