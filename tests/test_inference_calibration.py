@@ -157,6 +157,11 @@ def test_power_spectrum_likelihood_as_a_jax_function(fiducial_maps):
     s, h = score_and_hessian(fn, fiducial_maps[64:80], THETA0)
     assert np.all(np.isfinite(s)) and np.all(np.isfinite(h))
     assert np.all(np.linalg.eigvalsh(-h.mean(axis=0)) > 0)
+    # the data vectors are computed once and only the theta part differentiated: the same
+    # scores and Hessians as autodiff through the whole function
+    s_all, h_all = score_and_hessian(lambda x, t: fn(x, t), fiducial_maps[64:80], THETA0)
+    np.testing.assert_allclose(s, s_all, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(h, h_all, rtol=1e-4, atol=1e-3)
 
 
 def test_coverage_figure(tmp_path):

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fieldflow.inference.gaussian import DataVectorLogLike
 from fieldflow.inference.likelihoods import FlowLogLike
 from fieldflow.inference.posterior import GridPosterior, credible_mass_at
 from fieldflow.validation import check_maps
@@ -86,12 +87,16 @@ def score_and_hessian(
     ``log_like(x (B, N, N), theta (B, 2)) -> (B,)`` is any jax-traceable log-likelihood of
     (map, theta) pairs (e.g. ``flow_log_like_fn(model)``); ``theta0`` is one theta (2,) for
     every map or one per map (M, 2). Each map's term depends only on its own theta row, so the
-    gradient of the batch sum is every map's score, and two Jacobian-vector products of it
+    gradient of the batch sum is every map's score (for a data-vector likelihood, such as
+    P(k) or the score-compressed one, of its theta-dependent part, the data vectors computed
+    once), and two Jacobian-vector products of it
     (theta moved along one axis for all maps at once) give every map's Hessian. Maps are
     processed ``chunk`` at a time (the last chunk padded, so one compilation serves all).
     Returns float64 ``(M, 2)`` and ``(M, 2, 2)``.
     """
     x, _ = check_maps(np.asarray(maps), name="maps")
+    if isinstance(log_like, DataVectorLogLike):  # d(x) once; differentiate its theta part
+        x, log_like = np.asarray(log_like.data_vectors(x), np.float32), log_like.of_data
     t0 = np.asarray(theta0, np.float32)
     t0 = np.broadcast_to(t0, (len(x), t0.shape[-1])) if t0.ndim == 1 else t0
     if t0.shape[0] != len(x) or t0.ndim != 2:

@@ -23,7 +23,7 @@ from fieldflow.inference.grid import ThetaGrid, clip_grid, theta_grid
 from fieldflow.inference.likelihoods import grid_posterior
 from fieldflow.inference.posterior import MASSES, GridPosterior
 
-__all__ = ["hartlap_factor", "fiducial_covariance", "GaussianLikelihood"]
+__all__ = ["hartlap_factor", "fiducial_covariance", "GaussianLikelihood", "DataVectorLogLike"]
 
 
 def hartlap_factor(n_sims: int, n_bins: int) -> float:
@@ -51,6 +51,21 @@ def fiducial_covariance(vectors) -> tuple[np.ndarray, np.ndarray, float]:
     cov = np.cov(v, rowvar=False).reshape(n_d, n_d)
     precision = h * np.linalg.inv(cov)
     return cov, 0.5 * (precision + precision.T), h
+
+
+class DataVectorLogLike:
+    """``fn(x (B, N, N), theta (B, 2)) -> log L (B,)`` of a likelihood of a data vector d(x),
+    kept in its two parts: ``data_fn(x) -> d (B, D)`` (jax), ``of_data(d (B, D), theta
+    (B, 2)) -> (B,)`` (the theta-dependent part) and ``data_vectors(maps) -> (M, D)``
+    (numpy, chunked). Derivatives in theta need d(x) once per map, so
+    :func:`~fieldflow.inference.score_and_hessian` differentiates ``of_data`` alone and never
+    compiles the summary into them (a flow's score is itself a gradient through the flow)."""
+
+    def __init__(self, data_fn: Callable, of_data: Callable, data_vectors: Callable):
+        self.data_fn, self.of_data, self.data_vectors = data_fn, of_data, data_vectors
+
+    def __call__(self, x, theta):
+        return self.of_data(self.data_fn(jnp.asarray(x, jnp.float32)), theta)
 
 
 class GaussianLikelihood:
@@ -84,16 +99,16 @@ class GaussianLikelihood:
             raise ValueError(f"{d.shape[0]} maps and {mu.shape[0]} theta do not broadcast")
         return self._loglike(d, mu, self.std(theta))
 
-    def _jax_log_like(self, data_fn: Callable, mean_fn: Callable) -> Callable:
+    def _jax_log_like(self, data_fn: Callable, mean_fn: Callable) -> DataVectorLogLike:
         """``fn(x (B, N, N), theta (B, 2)) -> log L (B,)`` (float32, differentiable in theta)
         from jax forms of the data vector ``data_fn(x) -> (B, D)`` and the mean
         ``mean_fn(theta) -> (B, D)`` (and ``std_fn``, when the covariance follows theta)."""
         precision, norm = jnp.asarray(self.precision, jnp.float32), self._norm()
         std_fn = self.std_fn()
 
-        def fn(x, theta):
+        def of_data(d, theta):
             theta = jnp.asarray(theta, jnp.float32)
-            r = data_fn(jnp.asarray(x, jnp.float32)) - mean_fn(theta)
+            r = jnp.asarray(d, jnp.float32) - mean_fn(theta)
             if std_fn is None:
                 return -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
             sd = std_fn(theta)
@@ -101,7 +116,7 @@ class GaussianLikelihood:
             out = -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
             return out - jnp.sum(jnp.log(sd), axis=-1)
 
-        return fn
+        return DataVectorLogLike(data_fn, of_data, self.data_vector)
 
     def pairwise(self, maps, theta) -> np.ndarray:
         """log L of every (map, theta) pair, (M, T)."""
