@@ -15,7 +15,7 @@ import numpy as np
 
 from fieldflow.io import save_npz, to_jsonable, write_json
 
-__all__ = ["SimulationCache"]
+__all__ = ["SimulationCache", "open_cache"]
 
 
 class SimulationCache:
@@ -56,3 +56,8 @@ class SimulationCache:
     def __setitem__(self, key: tuple, value: tuple[np.ndarray, str]) -> None:
         maps, source = value
         save_npz(self._path(key), maps=np.asarray(maps, np.float32), source=np.asarray(source))
+
+
+def open_cache(folder, cfg: dict) -> SimulationCache | None:
+    """The :class:`SimulationCache` in ``folder`` for the data set ``cfg``; None without one."""
+    return None if folder is None else SimulationCache(folder, cfg)

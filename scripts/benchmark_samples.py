@@ -86,16 +86,12 @@ def main(argv=None) -> dict:
         raise SystemExit("--num and --n-samples must be at least 2")
     from fieldflow.evaluation import default_thetas, sample_quality_benchmark
     from fieldflow.io import write_json
+    from fieldflow.sims_cache import open_cache
     from fieldflow.workflows import load_run_and_data
 
     cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir, args.seed)
     thetas = [("given", tuple(t)) for t in args.theta] if args.theta else default_thetas()
-    if args.sims_cache is not None:
-        from fieldflow.sims_cache import SimulationCache
-
-        cache = SimulationCache(args.sims_cache, cfg)
-    else:
-        cache = {}
+    cache = open_cache(args.sims_cache, cfg) or {}  # {}: simulate once for every --also run
 
     def bench_of(run_dir, model):
         print(f"{run_dir}:", file=sys.stderr)

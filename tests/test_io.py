@@ -45,9 +45,10 @@ def test_read_maps_forms_and_errors(tmp_path):
 
 
 def test_simulation_cache_reloads_and_refuses_another_data_set(tmp_path):
-    from fieldflow.sims_cache import SimulationCache
+    from fieldflow.sims_cache import SimulationCache, open_cache
 
     cfg = {"simulator": "nbody", "n": 8, "box": 64.0, "seed": 3}
+    assert open_cache(None, cfg) is None  # no folder given: no cache
     cache = SimulationCache(tmp_path / "sims", cfg)
     key = (0.3, 0.8, 16, 0)
     assert key not in cache
@@ -55,7 +56,7 @@ def test_simulation_cache_reloads_and_refuses_another_data_set(tmp_path):
         cache[key]
     maps = np.random.default_rng(0).normal(size=(16, 8, 8)).astype(np.float32)
     cache[key] = (maps, "16 new nbody simulations")
-    again = SimulationCache(tmp_path / "sims", dict(cfg))  # another session, same data set
+    again = open_cache(tmp_path / "sims", dict(cfg))  # another session, same data set
     assert key in again and (0.3, 0.8, 16, 1) not in again
     stored, source = again[key]
     np.testing.assert_array_equal(stored, maps)

@@ -83,6 +83,7 @@ def run(args) -> dict:
 
     from fieldflow import inference
     from fieldflow.io import write_json
+    from fieldflow.sims_cache import open_cache
     from fieldflow.validation import check_cond_range
     from fieldflow.workflows import calibration_simulations, load_run_and_data
 
@@ -95,11 +96,7 @@ def run(args) -> dict:
     low, high = inference.model_theta_box(model)
     for theta in args.theta or []:
         check_cond_range(np.asarray([theta]), model.cond_low, model.cond_high, "--theta")
-    cache = None
-    if args.sims_cache is not None:
-        from fieldflow.sims_cache import SimulationCache
-
-        cache = SimulationCache(args.sims_cache, cfg)
+    cache = open_cache(args.sims_cache, cfg)
     sims, sources = calibration_simulations(cfg, splits, args.theta, args.num, args.seed, cache)
     if hasattr(model, "check_support"):
         for _, maps in sims:

@@ -152,6 +152,7 @@ def calibration_benchmark(
     """
     import data_gen
     from fieldflow import inference
+    from fieldflow.sims_cache import open_cache
     from fieldflow.workflows import calibration_simulations, load_run_and_data
 
     t_start = time.perf_counter()
@@ -159,11 +160,7 @@ def calibration_benchmark(
     low, high = inference.model_theta_box(model)
     grid = inference.theta_grid(grid_size, grid_size, *inference.model_theta_range(model))
     timings = {}
-    cache = None
-    if sims_cache is not None:
-        from fieldflow.sims_cache import SimulationCache
-
-        cache = SimulationCache(sims_cache, cfg)
+    cache = open_cache(sims_cache, cfg)
     with _phase("simulations", timings, log):
         sims, sources = calibration_simulations(cfg, splits, None, num, seed + 1, cache)
         # independent maps at the same theta: fresh simulations only (another seed)
