@@ -240,24 +240,26 @@ def held_out_sims(
     import data_gen
 
     theta = np.asarray(theta, np.float64)
+    at_fiducial = bool(np.allclose(theta, data_gen.FIDUCIAL_THETA))
+    fiducial = splits["fiducial"][0] if at_fiducial and "fiducial" in splits else None
     key = (*np.round(theta, 6).tolist(), int(num), int(seed))
-    if np.allclose(theta, data_gen.FIDUCIAL_THETA) and "fiducial" not in splits:
+    if at_fiducial and fiducial is None:
         key = (*key, 1)
     if cache is not None and key in cache:
         return cache[key]
-    maps, source = _simulate_held_out(cfg, splits, theta, int(num), seed, batch)
+    maps, source = _simulate_held_out(cfg, fiducial, theta, int(num), seed, batch)
     if cache is not None:
         cache[key] = (maps, source)
     return maps, source
 
 
-def _simulate_held_out(cfg, splits, theta, num, seed, batch) -> tuple[np.ndarray, str]:
-    import data_gen
+def _simulate_held_out(cfg, fiducial, theta, num, seed, batch) -> tuple[np.ndarray, str]:
+    """The first ``num`` of the ``fiducial`` maps (None: none), topped up with simulations."""
     from data_gen.dataset import sim_seeds, simulate
 
     parts, maps = [], []
-    if np.allclose(theta, data_gen.FIDUCIAL_THETA) and "fiducial" in splits:
-        fid = splits["fiducial"][0][:num]
+    if fiducial is not None:
+        fid = fiducial[:num]
         maps.append(fid)
         parts.append(f"{len(fid)} maps of the data set's fiducial/ set")
     need = num - sum(len(m) for m in maps)
