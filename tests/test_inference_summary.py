@@ -86,51 +86,105 @@ def test_bad_summaries_raise(grf_sets, flows):
         inf.power_spectrum_summary(N, BOX)(np.zeros((2, N + 1, N + 1)))
 
 
-def test_emulated_covariance_follows_theta():
-    """Summaries whose spread grows with sigma_8: the 'emulated' covariance recovers s(theta),
-    and its log L is the Gaussian log density with covariance S R S / h, in numpy and jax."""
-    from scipy.stats import multivariate_normal
+def _heavy_tailed_summaries(m: int, seed: int = 5):
+    """Two-number summaries whose spreads and correlation follow theta, Student-t with
+    nu = 6 (unit covariance scale): (theta, t, true std(theta), true rho(theta))."""
+    rng = np.random.default_rng(seed)
+    theta = rng.uniform([0.2, 0.5], [0.5, 1.1], size=(m, 2))
 
-    rng = np.random.default_rng(5)
-    theta = rng.uniform([0.2, 0.5], [0.5, 1.1], size=(3000, 2))
-    sd_true = np.stack([0.1 + theta[:, 1], 0.5 * theta[:, 0] + theta[:, 1] ** 2], axis=1)
-    t = np.stack([theta[:, 0] + theta[:, 1], theta[:, 1] ** 2], axis=1) + sd_true * rng.normal(
-        size=(3000, 2)
-    )
+    def sd(th):
+        return np.stack([0.1 + th[:, 1], 0.5 * th[:, 0] + th[:, 1] ** 2], axis=1)
+
+    def rho(th):
+        return 0.8 * (th[:, 1] - 0.8) / 0.3
+
+    g = rng.normal(size=(m, 2))
+    r = rho(theta)
+    z = np.stack([g[:, 0], r * g[:, 0] + np.sqrt(1 - r**2) * g[:, 1]], axis=1)
+    w = np.sqrt(4 / rng.chisquare(6, m))  # Var = 1: nu / (nu - 2) * 4 / 6
+    mean = np.stack([theta[:, 0] + theta[:, 1], theta[:, 1] ** 2], axis=1)
+    return theta, mean + sd(theta) * z * w[:, None], sd, rho
+
+
+def test_emulated_covariance_follows_theta():
+    """Heavy-tailed summaries whose spreads and correlation follow theta: the 'emulated'
+    residual model recovers them and nu; its log L is the Student-t log density (scipy), in
+    numpy and jax, and with Gaussian tails the Gaussian one."""
+    from scipy.stats import multivariate_normal, multivariate_t
+
+    theta, t, sd, rho = _heavy_tailed_summaries(3000)
     maps = np.zeros((3000, 8, 8), np.float32)
     maps[:, 0, :2] = t  # the summary reads the first two pixels
     summary = inf.Summary("two pixels", lambda x: x[:, 0, :2], ("a", "b"), (False, False), 8)
     like = inf.SummaryLikelihood.fit(summary, maps[:2500], theta[:2500], maps[2500:], degree=2,
                                      covariance="emulated")  # fmt: skip
-    probe = np.array([[0.25, 0.6], [0.45, 1.0]])
-    sd_probe = np.stack([0.1 + probe[:, 1], 0.5 * probe[:, 0] + probe[:, 1] ** 2], axis=1)
-    np.testing.assert_allclose(like.std(probe), sd_probe, rtol=0.1)
     assert like.fit_report["covariance"] == "emulated"
+    assert 4.0 < like.residuals.nu < 9.0, like.residuals.nu
+    probe = np.array([[0.25, 0.6], [0.45, 1.0]])
+    np.testing.assert_allclose(like.std(probe), sd(probe), rtol=0.15)
+    cov = like.residuals.covariance(probe)
+    corr = cov[:, 0, 1] / np.prod(like.std(probe), axis=1)
+    np.testing.assert_allclose(corr, rho(probe), atol=0.15)
     x, th = maps[2500:2503], theta[2500:2503]
+    nu = like.residuals.nu
     expected = [
-        multivariate_normal.logpdf(
-            summary(x)[i],
-            like.mean(th[i])[0],
-            np.outer(like.std(th[i])[0], like.std(th[i])[0]) * like.cov / like.hartlap,
-        )
+        multivariate_t.logpdf(t[2500 + i], like.mean(th[i])[0],
+                              like.residuals.covariance(th[i])[0] * (nu - 2) / nu, df=nu)
         for i in range(3)
-    ]
+    ]  # fmt: skip
     np.testing.assert_allclose(like(x, th), expected, rtol=1e-6)
     np.testing.assert_allclose(like.log_like_fn()(x, th), expected, rtol=1e-4)
+    np.testing.assert_allclose(like.pairwise(x, th).diagonal(), expected, rtol=1e-6)
+
+    gauss = inf.SummaryLikelihood.fit(summary, maps[:2500], theta[:2500], maps[2500:], degree=2,
+                                      covariance="emulated", tails="gaussian")  # fmt: skip
+    assert gauss.residuals.nu is None
+    expected = [
+        multivariate_normal.logpdf(t[2500 + i], gauss.mean(th[i])[0],
+                                   gauss.residuals.covariance(th[i])[0])
+        for i in range(3)
+    ]  # fmt: skip
+    np.testing.assert_allclose(gauss(x, th), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="covariance must be"):
         inf.SummaryLikelihood.fit(summary, maps, theta, maps[:50], covariance="sample")
+
+
+def test_residual_model_refuses_bad_input():
+    theta, t, _, _ = _heavy_tailed_summaries(200)
+    box = dict(theta_low=(0.2, 0.5), theta_high=(0.5, 1.1))
+    with pytest.raises(ValueError, match="tails"):
+        inf.ResidualModel.fit(t, theta, tails="cauchy", **box)
+    with pytest.raises(ValueError, match="must agree"):
+        inf.ResidualModel.fit(t, theta[:-1], **box)
+    bad = t.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        inf.ResidualModel.fit(bad, theta, **box)
+    with pytest.raises(ValueError, match="too few"):
+        inf.ResidualModel.fit(t[:20], theta[:20], **box)
+    with pytest.warns(UserWarning, match="fitting degrees"):
+        small = inf.ResidualModel.fit(t[:30], theta[:30], shrink=True, **box)
+    assert (small.scale_degree, small.corr_degree) == (1, 0)
 
 
 def test_emulated_covariance_reloads(grf_sets, tmp_path):
     (train, theta), fid = grf_sets
     summary = inf.power_spectrum_summary(N, BOX)
     like = inf.SummaryLikelihood.fit(summary, train, theta, fid, degree=1, covariance="emulated",
-                                     scale_degree=1)  # fmt: skip
-    back = inf.SummaryLikelihood.load(like.save(tmp_path / "s.json", {}), None)
-    assert back.scale is not None
+                                     scale_degree=1, corr_degree=0)  # fmt: skip
+    path = like.save(tmp_path / "s.json", {})
+    back = inf.SummaryLikelihood.load(path, None)
+    assert back.residuals is not None
     points = inf.theta_grid(4, 4).points
     np.testing.assert_allclose(back.pairwise(fid[:3], points), like.pairwise(fid[:3], points))
     np.testing.assert_allclose(back.std(points), like.std(points))
+    import json
+
+    old = json.loads(path.read_text())
+    old["format"] = "fieldflow-summary-likelihood-1"
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="another version of fieldflow"):
+        inf.SummaryLikelihood.load(path, None)
 
 
 def test_variance_fit_survives_heavy_tails():

@@ -13,12 +13,14 @@ cells tiling the prior box, normalised to cell probabilities that sum to one. Mo
   ``grad_log_prob_theta``) and the exact lognormal one (``exact_lognormal_posterior``);
 * :mod:`~fieldflow.inference.emulator`: ``PowerSpectrumEmulator``, the mean P(k; theta);
 * :mod:`~fieldflow.inference.gaussian`: the Gaussian likelihood of a data vector with an
-  emulated mean and a Hartlap-corrected covariance (``hartlap_factor``), fixed or following
-  theta through emulated standard deviations, shared by:
+  emulated mean and a Hartlap-corrected covariance (``hartlap_factor``), shared by:
 * :mod:`~fieldflow.inference.power_spectrum`: ``PowerSpectrumLikelihood``, the likelihood of
   the binned P(k);
 * :mod:`~fieldflow.inference.summary`: ``SummaryLikelihood`` of any ``Summary`` (P(k), the
-  flow's score at the fiducial theta, both: score compression, ``score_compressed_likelihood``);
+  flow's score at the fiducial theta, both: score compression, ``score_compressed_likelihood``),
+  with a fixed covariance or a residual distribution that follows theta:
+* :mod:`~fieldflow.inference.residuals`: ``ResidualModel``, a Student-t (or Gaussian) whose
+  spreads and correlations are polynomials in theta, fitted by maximum likelihood;
 * :mod:`~fieldflow.inference.coverage`: FoM statistics and coverage of many posteriors;
 * :mod:`~fieldflow.inference.calibration`: is a likelihood honest? the score
   (information-identity) test and coverage against credibility;
@@ -79,6 +81,7 @@ from fieldflow.inference.posterior import (
     posteriors_from_loglike,
 )
 from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood
+from fieldflow.inference.residuals import ResidualModel
 from fieldflow.inference.selection import (
     COVERAGE_RANGES,
     PosteriorSelection,
@@ -127,6 +130,7 @@ __all__ = [
     "PowerSpectrumEmulator",
     "PowerSpectrumLikelihood",
     "SummaryEmulator",
+    "ResidualModel",
     "Summary",
     "SummaryLikelihood",
     "concatenate_summaries",

@@ -95,7 +95,14 @@ def read_calibration_json(path, fmt: str, *, model: str | None, data: str | None
         d = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read calibration file {path}: {err}") from None
-    if not isinstance(d, dict) or d.get("format") != fmt:
+    found_fmt = d.get("format") if isinstance(d, dict) else None
+    if isinstance(found_fmt, str) and found_fmt.rsplit("-", 1)[0] == fmt.rsplit("-", 1)[0]:
+        if found_fmt != fmt:
+            raise ValueError(
+                f"{path} was written by another version of fieldflow (format {found_fmt}, "
+                f"this one reads {fmt}): make it again with `fieldflow calibrate`"
+            )
+    elif found_fmt != fmt:
         raise ValueError(f"{path} is not a fieldflow calibration file ({fmt})")
     for what, expected in (("model", model), ("data set", data)):
         found = d["fingerprint"].get(what.split()[0])

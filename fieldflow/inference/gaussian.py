@@ -1,15 +1,13 @@
 """The Gaussian likelihood of a data vector d(x) with a theta-dependent mean and a
 simulation-estimated covariance,
 
-    log L(theta) = -1/2 r^T Psi r + 1/2 log det(Psi / 2 pi) - sum_j log s_j(theta),
-    r = (d - mu(theta)) / s(theta),
+    log L(theta) = -1/2 r^T Psi r + 1/2 log det(Psi / 2 pi),   r = d - mu(theta),
 
-with Psi = h C_hat^-1, C_hat the sample covariance of r over simulations and h the Hartlap
-factor. With s = 1 (a fixed covariance, estimated on fiducial simulations) this is the classical
-form; a likelihood may instead emulate per-component standard deviations s(theta), so that the
-covariance S(theta) R S(theta) follows theta (R the correlation of the standardised residuals).
-The machinery is shared by the power-spectrum likelihood and the likelihoods of other
-summaries (the flow's score, P(k) and the score together).
+with Psi = h C_hat^-1, C_hat the sample covariance of d over fiducial simulations and h the
+Hartlap factor: the classical form. The machinery is shared by the power-spectrum likelihood
+and the likelihoods of other summaries (the flow's score, P(k) and the score together), which
+may instead give r a distribution that follows theta
+(:class:`~fieldflow.inference.residuals.ResidualModel`).
 """
 
 from __future__ import annotations
@@ -71,59 +69,50 @@ class DataVectorLogLike:
 class GaussianLikelihood:
     """Evaluation of the Gaussian likelihood (module doc) for subclasses that provide
     ``data_vector(maps) -> (M, D)``, ``mean(theta) -> (T, D)``, ``precision`` (D, D), ``n``
-    (pixels per side) and ``theta_low`` / ``theta_high`` (the emulator's range); and, for a
-    theta-dependent covariance, ``std(theta) -> (T, D)`` and ``std_fn()`` (its jax form)."""
-
-    def std(self, theta) -> np.ndarray | None:
-        """Per-component standard deviations s(theta) (T, D); None: a fixed covariance."""
-        return None
-
-    def std_fn(self) -> Callable | None:
-        """s(theta) as a jax function of theta (T, 2) -> (T, D); None: a fixed covariance."""
-        return None
+    (pixels per side) and ``theta_low`` / ``theta_high`` (the emulator's range). A subclass
+    whose residual distribution follows theta overrides ``_log_density`` and
+    ``_log_density_fn`` (the summary likelihoods' emulated covariance)."""
 
     def _norm(self) -> float:
         _, logdet = np.linalg.slogdet(self.precision / (2 * np.pi))
         return 0.5 * logdet
 
-    def _loglike(self, d: np.ndarray, mu: np.ndarray, sd: np.ndarray | None) -> np.ndarray:
-        r = d - mu if sd is None else (d - mu) / sd
-        out = -0.5 * np.einsum("...i,ij,...j->...", r, self.precision, r) + self._norm()
-        return out if sd is None else out - np.sum(np.log(sd), axis=-1)
+    def _log_density(self, r: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """log p(r | theta) of residuals r = d - mu(theta), (..., T, D), theta (T, 2)."""
+        return -0.5 * np.einsum("...i,ij,...j->...", r, self.precision, r) + self._norm()
+
+    def _log_density_fn(self) -> Callable:
+        """``_log_density`` in jax, ``fn(r (B, D), theta (B, 2)) -> (B,)``, float32."""
+        precision, norm = jnp.asarray(self.precision, jnp.float32), self._norm()
+        return lambda r, theta: -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
 
     def __call__(self, maps, theta) -> np.ndarray:
         """log L of (map_b, theta_b) pairs, (B,); a single map or theta broadcasts."""
         d = self.data_vector(maps)
+        theta = np.atleast_2d(np.asarray(theta, np.float64))
         mu = self.mean(theta)
         if d.shape[0] != mu.shape[0] and 1 not in (d.shape[0], mu.shape[0]):
             raise ValueError(f"{d.shape[0]} maps and {mu.shape[0]} theta do not broadcast")
-        return self._loglike(d, mu, self.std(theta))
+        r = d - mu
+        return self._log_density(r, np.broadcast_to(theta, (len(r), theta.shape[-1])))
 
     def _jax_log_like(self, data_fn: Callable, mean_fn: Callable) -> DataVectorLogLike:
         """``fn(x (B, N, N), theta (B, 2)) -> log L (B,)`` (float32, differentiable in theta)
         from jax forms of the data vector ``data_fn(x) -> (B, D)`` and the mean
-        ``mean_fn(theta) -> (B, D)`` (and ``std_fn``, when the covariance follows theta)."""
-        precision, norm = jnp.asarray(self.precision, jnp.float32), self._norm()
-        std_fn = self.std_fn()
+        ``mean_fn(theta) -> (B, D)``."""
+        log_density = self._log_density_fn()
 
         def of_data(d, theta):
             theta = jnp.asarray(theta, jnp.float32)
-            r = jnp.asarray(d, jnp.float32) - mean_fn(theta)
-            if std_fn is None:
-                return -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
-            sd = std_fn(theta)
-            r = r / sd
-            out = -0.5 * jnp.einsum("bi,ij,bj->b", r, precision, r) + norm
-            return out - jnp.sum(jnp.log(sd), axis=-1)
+            return log_density(jnp.asarray(d, jnp.float32) - mean_fn(theta), theta)
 
         return DataVectorLogLike(data_fn, of_data, self.data_vector)
 
     def pairwise(self, maps, theta) -> np.ndarray:
         """log L of every (map, theta) pair, (M, T)."""
-        d = self.data_vector(maps)
-        mu = self.mean(theta)
-        sd = self.std(theta)
-        return self._loglike(d[:, None, :], mu[None, :, :], None if sd is None else sd[None])
+        theta = np.atleast_2d(np.asarray(theta, np.float64))
+        r = self.data_vector(maps)[:, None, :] - self.mean(theta)[None, :, :]
+        return self._log_density(r, theta)
 
     def posterior(
         self,

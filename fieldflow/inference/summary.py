@@ -18,13 +18,12 @@ covariance measured on simulations is honest even where q itself is overconfiden
 is only a summary here, its curvature is not trusted).
 
 The covariance is either fixed (fiducial simulations; the classical P(k) likelihood) or
-'emulated': the variance of each component over theta as exp(polynomial), fitted to the
-squared residuals of the training maps, times the correlation of the standardised residuals,
-
-    Cov(t | theta) = S(theta) R S(theta),   S = diag(s_j(theta)),
-
-so that maps far from theta_fid get their own spread; the score-compressed likelihood of
-``fieldflow calibrate`` uses it (:func:`score_compressed_likelihood`).
+'emulated': the residual t - mu(theta) follows a multivariate Student-t (or Gaussian) whose
+spreads and correlations are polynomials in theta, fitted by maximum likelihood to the
+residuals of the training maps (:class:`~fieldflow.inference.residuals.ResidualModel`), so
+that maps far from theta_fid get their own spread and the heavy tails of N-body summaries
+their own weight; the score-compressed likelihood of ``fieldflow calibrate`` uses it
+(:func:`score_compressed_likelihood`).
 """
 
 from __future__ import annotations
@@ -39,9 +38,10 @@ import numpy as np
 from data_gen.cosmology import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE
 from fieldflow.inference.emulator import SummaryEmulator
 from fieldflow.inference.gaussian import GaussianLikelihood, fiducial_covariance
+from fieldflow.inference.residuals import ResidualModel
 from fieldflow.validation import check_maps
 
-FORMAT = "fieldflow-summary-likelihood-1"
+FORMAT = "fieldflow-summary-likelihood-2"
 
 __all__ = [
     "Summary",
@@ -162,14 +162,13 @@ def summary_from_spec(spec: dict, model=None) -> Summary:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SummaryLikelihood(GaussianLikelihood):
-    """The Gaussian likelihood of a :class:`Summary` (module doc): ``emulator`` for the mean.
+    """The likelihood of a :class:`Summary` (module doc): ``emulator`` for the mean.
 
-    With ``scale`` None, ``cov`` / ``precision`` / ``hartlap`` are those of the summaries of
-    ``n_fiducial`` fiducial simulations (a fixed covariance). With ``scale`` set (the
-    'emulated' covariance of :meth:`fit`), ``scale`` emulates the variance of each component
-    over theta, s_j(theta)^2, and ``cov`` is the covariance R of the standardised residuals
-    (t - mu) / s of the training maps (close to their correlation):
-    Cov(t | theta) = S(theta) R S(theta), S = diag(s)."""
+    With ``residuals`` None, ``cov`` / ``precision`` / ``hartlap`` are those of the summaries
+    of ``n_fiducial`` fiducial simulations (a fixed Gaussian covariance). With ``residuals``
+    set (the 'emulated' covariance of :meth:`fit`) it gives the distribution of t - mu(theta)
+    at each theta, and ``cov`` / ``precision`` are its covariance at the fiducial theta and
+    the inverse (for reference; ``hartlap`` 1)."""
 
     summary: Summary
     emulator: SummaryEmulator
@@ -178,7 +177,7 @@ class SummaryLikelihood(GaussianLikelihood):
     hartlap: float
     n_fiducial: int
     fit_report: dict
-    scale: SummaryEmulator | None = None
+    residuals: ResidualModel | None = None
 
     theta_low = property(lambda self: self.emulator.theta_low)
     theta_high = property(lambda self: self.emulator.theta_high)
@@ -194,21 +193,25 @@ class SummaryLikelihood(GaussianLikelihood):
         *,
         degree: int = 3,
         covariance: str = "fiducial",
+        tails: str = "student",
         scale_degree: int = 2,
+        corr_degree: int = 1,
         fiducial_theta: Sequence[float] = FIDUCIAL_THETA,
         theta_low: Sequence[float] = (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
         theta_high: Sequence[float] = (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
     ) -> SummaryLikelihood:
         """Emulate mu(theta) from the summaries of (train_maps, train_theta); the covariance
-        from those of ``fiducial_maps`` (``covariance='fiducial'``) or, with 'emulated', from
-        the training residuals r = t - mu(theta): their variance per component as
-        exp(polynomial of degree ``scale_degree`` in theta) (a Gamma GLM of r^2) and the
-        correlation of r / s(theta) (Hartlap-corrected for the number of training maps).
+        from those of ``fiducial_maps`` (``covariance='fiducial'``: Gaussian, Hartlap-
+        corrected) or, with 'emulated', a :class:`~fieldflow.inference.residuals.ResidualModel`
+        of the training residuals t - mu(theta) with ``tails`` ('student' or 'gaussian'),
+        log-spreads of degree ``scale_degree`` and correlations of degree ``corr_degree`` in
+        theta (lowered, with a warning, where the training maps are too few for them).
 
         ValueError when the fiducial maps do not outnumber the components by 3 (Hartlap) or
-        the training maps are too few for the emulator. ``fit_report`` records the
-        emulator's deviation from the fiducial maps' mean summary in units of its standard
-        error.
+        the training maps are too few for the emulator or the residual model.
+        ``fit_report`` records the emulator's deviation from the fiducial maps' mean summary
+        in units of its standard error (and, emulated, the fiducial maps' spread over the
+        model's and the residual model's fit).
         """
         if covariance not in ("fiducial", "emulated"):
             raise ValueError(f"covariance must be 'fiducial' or 'emulated', got {covariance!r}")
@@ -217,13 +220,19 @@ class SummaryLikelihood(GaussianLikelihood):
         train = summary(train_maps)
         box = dict(theta_low=theta_low, theta_high=theta_high)
         emulator = SummaryEmulator.fit(train, train_theta, summary.log_link, degree=degree, **box)
-        scale = None
+        residuals = None
         if covariance == "emulated":
-            resid = train - emulator.mean(train_theta)
-            scale = SummaryEmulator.fit(
-                resid**2, train_theta, True, degree=int(scale_degree), **box
+            residuals = ResidualModel.fit(
+                train - emulator.mean(train_theta),
+                train_theta,
+                tails=tails,
+                scale_degree=scale_degree,
+                corr_degree=corr_degree,
+                shrink=True,
+                **box,
             )
-            cov, precision, h = fiducial_covariance(resid / np.sqrt(scale.mean(train_theta)))
+            cov = residuals.covariance(fiducial_theta)[0]
+            precision, h = np.linalg.inv(cov), 1.0
         se = fid.std(axis=0, ddof=1) / np.sqrt(len(fid))
         report = {
             "summary": summary.name,
@@ -236,21 +245,31 @@ class SummaryLikelihood(GaussianLikelihood):
                 (emulator.mean(fiducial_theta)[0] - fid.mean(axis=0)) / se
             ).tolist(),
         }
-        if scale is not None:
+        if residuals is not None:
+            report["residual_model"] = residuals.fit_report
             report["fiducial_std_over_emulated"] = (
-                fid.std(axis=0, ddof=1) / np.sqrt(scale.mean(fiducial_theta)[0])
+                fid.std(axis=0, ddof=1) / residuals.std(fiducial_theta)[0]
             ).tolist()
-        return cls(summary, emulator, cov, precision, h, len(fid), report, scale)
+        precision = 0.5 * (precision + precision.T)
+        return cls(summary, emulator, cov, precision, h, len(fid), report, residuals)
 
-    def std(self, theta) -> np.ndarray | None:
-        """Emulated standard deviation of each component (T, D), or None (fixed covariance)."""
-        return None if self.scale is None else np.sqrt(self.scale.mean(theta))
+    def std(self, theta) -> np.ndarray:
+        """Standard deviation of each component at theta (T, D): the residual model's, or the
+        fixed covariance's at every theta."""
+        if self.residuals is not None:
+            return self.residuals.std(theta)
+        n_theta = len(np.atleast_2d(np.asarray(theta)))
+        return np.broadcast_to(np.sqrt(np.diag(self.cov)), (n_theta, len(self.cov))).copy()
 
-    def std_fn(self) -> Callable | None:
-        if self.scale is None:
-            return None
-        var_fn = self.scale.mean_fn()
-        return lambda theta: jnp.sqrt(var_fn(theta))
+    def _log_density(self, r: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        if self.residuals is None:
+            return super()._log_density(r, theta)
+        return self.residuals.log_prob(r, theta)
+
+    def _log_density_fn(self) -> Callable:
+        if self.residuals is None:
+            return super()._log_density_fn()
+        return self.residuals.log_prob_fn()
 
     def data_vector(self, maps) -> np.ndarray:
         """t(x) of the maps, (M, D)."""
@@ -278,7 +297,7 @@ class SummaryLikelihood(GaussianLikelihood):
                 "summary": self.summary.spec,
                 "emulator": _emulator_json(self.emulator),
                 "cov": self.cov.tolist(),
-                **({} if self.scale is None else {"scale": _emulator_json(self.scale)}),
+                **({} if self.residuals is None else {"residuals": self.residuals.to_json()}),
                 "hartlap": self.hartlap,
                 "n_fiducial": self.n_fiducial,
                 "fit_report": self.fit_report,
@@ -295,9 +314,9 @@ class SummaryLikelihood(GaussianLikelihood):
 
         d = read_calibration_json(path, FORMAT, model=model_fingerprint, data=data)
         emulator = _emulator_from_json(d["emulator"])
-        scale = _emulator_from_json(d["scale"]) if "scale" in d else None
+        residuals = ResidualModel.from_json(d["residuals"]) if "residuals" in d else None
         cov = np.asarray(d["cov"], np.float64)
-        precision = float(d["hartlap"]) * np.linalg.inv(cov)
+        precision = (1.0 if residuals is not None else float(d["hartlap"])) * np.linalg.inv(cov)
         return cls(
             summary_from_spec(d["summary"], model),
             emulator,
@@ -306,7 +325,7 @@ class SummaryLikelihood(GaussianLikelihood):
             float(d["hartlap"]),
             int(d["n_fiducial"]),
             d["fit_report"],
-            scale,
+            residuals,
         )
 
 
@@ -335,9 +354,10 @@ def score_compressed_likelihood(
     model, train_maps, train_theta, fiducial_maps, **kwargs
 ) -> SummaryLikelihood:
     """The score-compressed likelihood of a flow: its score at the fiducial theta as the
-    summary (:func:`flow_score_summary`), with the 'emulated' covariance, which follows theta
-    (measured on N-body and lognormal maps: 95% coverage in range over the prior, where the
-    fiducial covariance under-covered; see README). ``kwargs`` go to
+    summary (:func:`flow_score_summary`), with the 'emulated' covariance, which follows theta,
+    and Student-t tails (measured on N-body maps: 95% coverage in range over the prior, where
+    the fiducial covariance under-covered, and score-test eigenvalues 0.85-1.6 where a
+    Gaussian with theta-dependent variances gave 0.5-2; see README). ``kwargs`` go to
     :meth:`SummaryLikelihood.fit`."""
     kwargs.setdefault("covariance", "emulated")
     return SummaryLikelihood.fit(
