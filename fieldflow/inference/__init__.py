@@ -19,7 +19,7 @@ cells tiling the prior box, normalised to cell probabilities that sum to one. Mo
 * :mod:`~fieldflow.inference.summary`: ``SummaryLikelihood`` of any ``Summary`` (P(k), the
   flow's score at the fiducial theta, both: score compression, ``score_compressed_likelihood``),
   with a fixed covariance or a residual distribution that follows theta:
-* :mod:`~fieldflow.inference.residuals`: ``ResidualModel``, a Student-t (or Gaussian) whose
+* :mod:`~fieldflow.inference.residuals`: ``ResidualModel``, a Gaussian (or Student-t) whose
   spreads and correlations are polynomials in theta, fitted by maximum likelihood;
 * :mod:`~fieldflow.inference.coverage`: FoM statistics and coverage of many posteriors;
 * :mod:`~fieldflow.inference.calibration`: is a likelihood honest? the score

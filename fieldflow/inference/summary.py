@@ -18,12 +18,11 @@ covariance measured on simulations is honest even where q itself is overconfiden
 is only a summary here, its curvature is not trusted).
 
 The covariance is either fixed (fiducial simulations; the classical P(k) likelihood) or
-'emulated': the residual t - mu(theta) follows a multivariate Student-t (or Gaussian) whose
+'emulated': the residual t - mu(theta) follows a multivariate Gaussian (or Student-t) whose
 spreads and correlations are polynomials in theta, fitted by maximum likelihood to the
 residuals of the training maps (:class:`~fieldflow.inference.residuals.ResidualModel`), so
-that maps far from theta_fid get their own spread and the heavy tails of N-body summaries
-their own weight; the score-compressed likelihood of ``fieldflow calibrate`` uses it
-(:func:`score_compressed_likelihood`).
+that maps far from theta_fid get their own spread and correlation; the score-compressed
+likelihood of ``fieldflow calibrate`` uses it (:func:`score_compressed_likelihood`).
 """
 
 from __future__ import annotations
@@ -193,7 +192,7 @@ class SummaryLikelihood(GaussianLikelihood):
         *,
         degree: int = 3,
         covariance: str = "fiducial",
-        tails: str = "student",
+        tails: str = "gaussian",
         scale_degree: int = 2,
         corr_degree: int = 1,
         fiducial_theta: Sequence[float] = FIDUCIAL_THETA,
@@ -203,7 +202,7 @@ class SummaryLikelihood(GaussianLikelihood):
         """Emulate mu(theta) from the summaries of (train_maps, train_theta); the covariance
         from those of ``fiducial_maps`` (``covariance='fiducial'``: Gaussian, Hartlap-
         corrected) or, with 'emulated', a :class:`~fieldflow.inference.residuals.ResidualModel`
-        of the training residuals t - mu(theta) with ``tails`` ('student' or 'gaussian'),
+        of the training residuals t - mu(theta) with ``tails`` ('gaussian' or 'student'),
         log-spreads of degree ``scale_degree`` and correlations of degree ``corr_degree`` in
         theta (lowered, with a warning, where the training maps are too few for them).
 
@@ -354,11 +353,12 @@ def score_compressed_likelihood(
     model, train_maps, train_theta, fiducial_maps, **kwargs
 ) -> SummaryLikelihood:
     """The score-compressed likelihood of a flow: its score at the fiducial theta as the
-    summary (:func:`flow_score_summary`), with the 'emulated' covariance, which follows theta,
-    and Student-t tails (measured on N-body maps: 95% coverage in range over the prior, where
-    the fiducial covariance under-covered, and score-test eigenvalues 0.85-1.6 where a
-    Gaussian with theta-dependent variances gave 0.5-2; see README). ``kwargs`` go to
-    :meth:`SummaryLikelihood.fit`."""
+    summary (:func:`flow_score_summary`), with the 'emulated' covariance, whose spreads and
+    correlation follow theta (measured on N-body maps: 95% coverage in range over the prior,
+    where the fiducial covariance under-covered; score-test eigenvalues 0.61-1.47 where
+    theta-dependent variances alone gave 0.50-1.99; Gaussian tails cover better than
+    Student-t ones, whose narrower core under-covers the 68% region; see README).
+    ``kwargs`` go to :meth:`SummaryLikelihood.fit`."""
     kwargs.setdefault("covariance", "emulated")
     return SummaryLikelihood.fit(
         flow_score_summary(model), train_maps, train_theta, fiducial_maps, **kwargs
