@@ -232,6 +232,7 @@ class SummaryLikelihood(GaussianLikelihood):
             )
             cov = residuals.covariance(fiducial_theta)[0]
             precision, h = np.linalg.inv(cov), 1.0
+            precision = 0.5 * (precision + precision.T)
         se = fid.std(axis=0, ddof=1) / np.sqrt(len(fid))
         report = {
             "summary": summary.name,
@@ -249,7 +250,6 @@ class SummaryLikelihood(GaussianLikelihood):
             report["fiducial_std_over_emulated"] = (
                 fid.std(axis=0, ddof=1) / residuals.std(fiducial_theta)[0]
             ).tolist()
-        precision = 0.5 * (precision + precision.T)
         return cls(summary, emulator, cov, precision, h, len(fid), report, residuals)
 
     def std(self, theta) -> np.ndarray:
