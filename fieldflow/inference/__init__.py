@@ -21,6 +21,8 @@ cells tiling the prior box, normalised to cell probabilities that sum to one. Mo
   with a fixed covariance or a residual distribution that follows theta:
 * :mod:`~fieldflow.inference.residuals`: ``ResidualModel``, a Gaussian (or Student-t) whose
   spreads and correlations are polynomials in theta, fitted by maximum likelihood;
+* :mod:`~fieldflow.inference.residual_flow`: ``ResidualFlow``, that Gaussian reshaped by
+  splines with Student-t tails whose weight follows theta (heavy-tailed summaries);
 * :mod:`~fieldflow.inference.coverage`: FoM statistics and coverage of many posteriors;
 * :mod:`~fieldflow.inference.calibration`: is a likelihood honest? the score
   (information-identity) test and coverage against credibility;
@@ -81,6 +83,7 @@ from fieldflow.inference.posterior import (
     posteriors_from_loglike,
 )
 from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood
+from fieldflow.inference.residual_flow import ResidualFlow
 from fieldflow.inference.residuals import ResidualModel
 from fieldflow.inference.selection import (
     COVERAGE_RANGES,
@@ -130,6 +133,7 @@ __all__ = [
     "PowerSpectrumEmulator",
     "PowerSpectrumLikelihood",
     "SummaryEmulator",
+    "ResidualFlow",
     "ResidualModel",
     "Summary",
     "SummaryLikelihood",

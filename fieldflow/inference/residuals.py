@@ -20,8 +20,9 @@ training maps lie beyond the Gaussian 99.9% radius and nu ~ 8 is preferred by ~3
 a Gaussian likelihood's score, quadratic in r where the covariance follows theta, lets those
 maps dominate the score test. But a t with one nu everywhere has a narrower core than most
 maps' scatter (those tails live where sigma_8 is high): on the same maps its 68% regions
-covered 0.58 at the fiducial theta where the Gaussian's covered 0.66, so the summary
-likelihoods default to Gaussian tails.
+covered 0.58 at the fiducial theta where the Gaussian's covered 0.66. The Gaussian is the
+default here; the score-compressed likelihood reshapes it with a
+:class:`~fieldflow.inference.residual_flow.ResidualFlow` (splined core, Student-t tails).
 """
 
 from __future__ import annotations
