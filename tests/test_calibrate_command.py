@@ -139,3 +139,24 @@ def test_a_calibration_of_another_model_is_refused(
             load(tiny_run_dir),
             model_fingerprint=inference.model_fingerprint(load(tiny_run_dir)),
         )
+
+
+def test_residual_model_benchmark_scores_every_residual_model(concave_run_dir, tiny_data_dir):
+    """The benchmark behind `scripts/benchmark_residual_models.py`: score tests and coverage
+    of the score-compressed likelihood with each residual model (on 26 training maps the
+    flow is refused and its Gaussian stays, with a warning)."""
+    from fieldflow.inference.residual_benchmark import RESIDUAL_MODELS, residual_model_benchmark
+
+    with pytest.warns(UserWarning, match="Gaussian residuals instead"):
+        out = residual_model_benchmark(concave_run_dir, tiny_data_dir, num=8, n_test=3, grid_size=8)
+    assert out["maps_per_theta"] == 8 and len(out["maps"]) == 5
+    assert set(out["residual_models"]) == set(RESIDUAL_MODELS)
+    for res in out["residual_models"].values():
+        rows = res["score_tests"]
+        assert len(rows) == 5 and all(r["n_maps"] == 8 for r in rows)
+        assert 0 <= res["test"]["coverage_68"] <= res["test"]["coverage_95"] <= 1
+        eigs = [e for r in rows for e in r.get("eigenvalues") or []]
+        assert res["eigenvalues_in_range"] == (bool(eigs) and all(0.7 <= e <= 1.4 for e in eigs))
+    assert out["residual_models"]["flow"]["fit_report"]["tails"] == "gaussian"
+    assert out["residual_models"]["student"]["fit_report"]["tails"] == "student"
+    json.dumps(out)

@@ -222,8 +222,46 @@ class SummaryLikelihood(GaussianLikelihood):
         if covariance not in ("fiducial", "emulated"):
             raise ValueError(f"covariance must be 'fiducial' or 'emulated', got {covariance!r}")
         fid = summary(fiducial_maps)
+        fiducial_covariance(fid)  # too few fiducial maps: fail before the training summaries
+        return cls.fit_summaries(
+            summary,
+            summary(train_maps),
+            train_theta,
+            fid,
+            degree=degree,
+            covariance=covariance,
+            tails=tails,
+            scale_degree=scale_degree,
+            corr_degree=corr_degree,
+            fiducial_theta=fiducial_theta,
+            theta_low=theta_low,
+            theta_high=theta_high,
+        )
+
+    @classmethod
+    def fit_summaries(
+        cls,
+        summary: Summary,
+        train,
+        train_theta,
+        fid,
+        *,
+        degree: int = 3,
+        covariance: str = "fiducial",
+        tails: str = "gaussian",
+        scale_degree: int = 2,
+        corr_degree: int = 1,
+        fiducial_theta: Sequence[float] = FIDUCIAL_THETA,
+        theta_low: Sequence[float] = (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
+        theta_high: Sequence[float] = (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
+    ) -> SummaryLikelihood:
+        """:meth:`fit` from summaries computed before: ``train`` (M, D) of maps at
+        ``train_theta`` (M, 2) and ``fid`` (F, D) of fiducial maps (to fit several
+        likelihoods of one summary without computing it again)."""
+        if covariance not in ("fiducial", "emulated"):
+            raise ValueError(f"covariance must be 'fiducial' or 'emulated', got {covariance!r}")
+        train, fid = np.asarray(train, np.float64), np.asarray(fid, np.float64)
         cov, precision, h = fiducial_covariance(fid)
-        train = summary(train_maps)
         box = dict(theta_low=theta_low, theta_high=theta_high)
         emulator = SummaryEmulator.fit(train, train_theta, summary.log_link, degree=degree, **box)
         residuals = None
