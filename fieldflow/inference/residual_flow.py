@@ -15,8 +15,11 @@ score test punishes it (an MLP conditioner gave eigenvalues up to 30 on the same
 
 Why: on 32^2 PM maps the flow scores are heavy-tailed with a kurtosis that grows with sigma_8.
 A Gaussian residual model covers the 68% / 95% regions well but its score test is set by the
-rare far maps (eigenvalues up to 3.5 over 768 maps per theta); one Student-t has the right
-tails but a core too narrow (68% coverage 0.57 at the fiducial theta). This model keeps both.
+rare far maps (eigenvalues up to 4.1 over 512 maps per theta); one Student-t has the right
+tails but a core too narrow (68% coverage 0.57 at the fiducial theta). This model keeps both
+at each theta (eigenvalues 0.83-1.84, 68% coverage 0.63-0.73), but over 100 validation maps
+spread over the prior its 68% regions covered 0.77, too wide, so it is not the default
+(``SummaryLikelihood.fit(..., tails='flow')``).
 It is fitted by maximum likelihood with the Gaussian model fixed, on 90% of the residuals,
 keeping the step of the best likelihood of the other 10%.
 """

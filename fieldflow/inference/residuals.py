@@ -21,8 +21,8 @@ a Gaussian likelihood's score, quadratic in r where the covariance follows theta
 maps dominate the score test. But a t with one nu everywhere has a narrower core than most
 maps' scatter (those tails live where sigma_8 is high): on the same maps its 68% regions
 covered 0.58 at the fiducial theta where the Gaussian's covered 0.66. The Gaussian is the
-default here; the score-compressed likelihood reshapes it with a
-:class:`~fieldflow.inference.residual_flow.ResidualFlow` (splined core, Student-t tails).
+default; :class:`~fieldflow.inference.residual_flow.ResidualFlow` reshapes it (splined core,
+Student-t tails).
 """
 
 from __future__ import annotations
