@@ -143,15 +143,19 @@ class ResidualFlow:
         """n residuals drawn at each theta (T, 2): (T, n, D) (the splines inverted exactly)."""
         params = self._jax_params()
         t = jnp.asarray(np.atleast_2d(theta), jnp.float32)
-        tu = self._theta_unit(t)[:, None, :] * jnp.ones((1, n, 1))
-        nu = self._nu(params, tu)[..., None]
-        v = jax.random.t(key, nu, (len(t), n, self.dim))
-        for j in reversed(range(len(params["weights"]))):
-            a = j % self.dim
-            knots = rq_knots(self._inputs(v, a, tu) @ params["weights"][j], self.bound)
-            v = v.at[..., a].set(rq_inverse(v[..., a : a + 1], knots)[0][..., 0])
-        chol = self._cholesky(params, t)
-        return np.asarray(jnp.einsum("tij,tnj->tni", chol, v), np.float64)
+
+        @jax.jit
+        def draw(params, key, t):
+            tu = self._theta_unit(t)[:, None, :] * jnp.ones((1, n, 1))
+            nu = self._nu(params, tu)[..., None]
+            v = jax.random.t(key, nu, (len(t), n, self.dim))
+            for j in reversed(range(len(params["weights"]))):
+                a = j % self.dim
+                knots = rq_knots(self._inputs(v, a, tu) @ params["weights"][j], self.bound)
+                v = v.at[..., a].set(rq_inverse(v[..., a : a + 1], knots)[0][..., 0])
+            return jnp.einsum("tij,tnj->tni", self._cholesky(params, t), v)
+
+        return np.asarray(draw(params, key, t), np.float64)
 
     def covariance(self, theta, n: int = 20000) -> np.ndarray:
         """Cov(r | theta) (T, D, D), from ``n`` draws per theta (a fixed seed)."""
