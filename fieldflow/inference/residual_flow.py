@@ -83,7 +83,10 @@ class ResidualFlow:
         }
 
     def _cholesky(self, params: dict, theta):
-        return self.gaussian._cholesky({"diag": params["diag"], "lower": params["lower"]}, theta)
+        """The Gaussian model's L(theta), (..., D, D) for theta (..., 2)."""
+        coef = {"diag": params["diag"], "lower": params["lower"]}
+        flat = self.gaussian._cholesky(coef, theta.reshape(-1, 2))
+        return flat.reshape(*theta.shape[:-1], self.dim, self.dim)
 
     def _inputs(self, u, a: int, tu):
         others = jnp.delete(u, a, axis=-1, assume_unique_indices=True)
@@ -99,22 +102,36 @@ class ResidualFlow:
         c = params["nu_coef"]
         return 2.0 + jnp.exp(c[0] + tu @ c[1:])
 
-    def _log_prob(self, params: dict, r, theta):
-        """log p(r | theta) for r (B, D) and theta (B, 2), jax."""
-        r, theta = jnp.asarray(r, jnp.float32), jnp.asarray(theta, jnp.float32)
+    def _transform(self, params: dict, r, theta):
+        """v (..., D) of residuals r (..., D) at theta (..., 2), and log|dv/dr| (...,)."""
         chol = self._cholesky(params, theta)
         u = jnp.linalg.solve(chol, r[..., None])[..., 0]
-        log_det = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        log_det = -jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
         tu = self._theta_unit(theta)
-        total = -log_det
         for j in range(len(params["weights"])):
             a = j % self.dim
             knots = rq_knots(self._inputs(u, a, tu) @ params["weights"][j], self.bound)
             v, log_d = rq_forward(u[..., a : a + 1], knots)
             u = u.at[..., a].set(v[..., 0])
-            total = total + log_d[..., 0]
-        nu = self._nu(params, tu)[..., None]
-        return total + jnp.sum(_student_logpdf(u, nu), axis=-1)
+            log_det = log_det + log_d[..., 0]
+        return u, log_det
+
+    def _untransform(self, params: dict, v, theta):
+        """The residuals r (..., D) whose transform is v (..., D) at theta (..., 2)."""
+        tu = self._theta_unit(theta)
+        for j in reversed(range(len(params["weights"]))):
+            a = j % self.dim
+            knots = rq_knots(self._inputs(v, a, tu) @ params["weights"][j], self.bound)
+            v = v.at[..., a].set(rq_inverse(v[..., a : a + 1], knots)[0][..., 0])
+        chol = self._cholesky(params, theta)
+        return jnp.einsum("...ij,...j->...i", chol, v)
+
+    def _log_prob(self, params: dict, r, theta):
+        """log p(r | theta) for r (B, D) and theta (B, 2), jax."""
+        r, theta = jnp.asarray(r, jnp.float32), jnp.asarray(theta, jnp.float32)
+        v, log_det = self._transform(params, r, theta)
+        nu = self._nu(params, self._theta_unit(theta))[..., None]
+        return log_det + jnp.sum(_student_logpdf(v, nu), axis=-1)
 
     def log_prob(self, r, theta) -> np.ndarray:
         """log p(r | theta), float64 (computed in float32), for residuals r (..., T, D) and
@@ -146,14 +163,10 @@ class ResidualFlow:
 
         @jax.jit
         def draw(params, key, t):
-            tu = self._theta_unit(t)[:, None, :] * jnp.ones((1, n, 1))
-            nu = self._nu(params, tu)[..., None]
+            t = jnp.broadcast_to(t[:, None, :], (len(t), n, 2))
+            nu = self._nu(params, self._theta_unit(t))[..., None]
             v = jax.random.t(key, nu, (len(t), n, self.dim))
-            for j in reversed(range(len(params["weights"]))):
-                a = j % self.dim
-                knots = rq_knots(self._inputs(v, a, tu) @ params["weights"][j], self.bound)
-                v = v.at[..., a].set(rq_inverse(v[..., a : a + 1], knots)[0][..., 0])
-            return jnp.einsum("tij,tnj->tni", self._cholesky(params, t), v)
+            return self._untransform(params, v, t)
 
         return np.asarray(draw(params, key, t), np.float64)
 
