@@ -58,6 +58,13 @@ def n_parameters(dim: int, n_layers: int, n_bins: int) -> int:
     return n_layers * (dim + 2) * rq_num_params(n_bins) + 3
 
 
+def enough_residuals(m: int, dim: int, n_layers: int | None = None, n_bins: int = 4) -> bool:
+    """Whether m residuals of ``dim`` components can fit a residual flow (``n_layers``
+    default: ``dim``): ``MAPS_PER_PARAMETER`` numbers per fitted parameter."""
+    n_layers = dim if n_layers is None else int(n_layers)
+    return m * dim >= MAPS_PER_PARAMETER * n_parameters(dim, n_layers, n_bins)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ResidualFlow:
     """p(r | theta) of the module doc. ``weights`` (J, D + 2, 3K - 1): layer j's knots are
@@ -219,7 +226,7 @@ class ResidualFlow:
         if n_layers < 1 or n_bins < 2 or not bound > 0 or steps < 1:
             raise ValueError("need n_layers >= 1, n_bins >= 2, bound > 0 and steps >= 1")
         n_params = n_parameters(d, n_layers, n_bins)
-        if m * d < MAPS_PER_PARAMETER * n_params:
+        if not enough_residuals(m, d, n_layers, n_bins):
             raise ValueError(
                 f"{m} residuals of {d} components are too few for a residual flow of "
                 f"{n_params} parameters (need {MAPS_PER_PARAMETER} numbers per parameter)"

@@ -40,7 +40,11 @@ import numpy as np
 from data_gen.cosmology import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE
 from fieldflow.inference.emulator import SummaryEmulator
 from fieldflow.inference.gaussian import GaussianLikelihood, fiducial_covariance
-from fieldflow.inference.residual_flow import ResidualFlow, residual_model_from_json
+from fieldflow.inference.residual_flow import (
+    ResidualFlow,
+    enough_residuals,
+    residual_model_from_json,
+)
 from fieldflow.inference.residuals import ResidualModel
 from fieldflow.validation import check_maps
 
@@ -276,13 +280,14 @@ class SummaryLikelihood(GaussianLikelihood):
                 shrink=True,
                 **box,
             )
-            if tails == "flow":
-                try:
-                    residuals = ResidualFlow.fit(r, train_theta, residuals)
-                except ValueError as err:
-                    if "too few" not in str(err):
-                        raise
-                    warnings.warn(f"{err}: Gaussian residuals instead", stacklevel=2)
+            if tails == "flow" and enough_residuals(*r.shape):
+                residuals = ResidualFlow.fit(r, train_theta, residuals)
+            elif tails == "flow":
+                warnings.warn(
+                    f"{len(r)} residuals of {r.shape[1]} components are too few for a residual "
+                    "flow: Gaussian residuals instead",
+                    stacklevel=2,
+                )
             cov = residuals.covariance(fiducial_theta)[0]
             precision, h = np.linalg.inv(cov), 1.0
             precision = 0.5 * (precision + precision.T)
