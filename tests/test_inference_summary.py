@@ -46,6 +46,23 @@ def test_power_spectrum_summary_gives_the_power_spectrum_likelihood(grf_sets):
         summ.log_like_fn()(fid[:3], pairs), summ(fid[:3], pairs), rtol=1e-4, atol=1e-3
     )
     np.testing.assert_allclose(ps.log_like_fn()(fid[:3], pairs), ps(fid[:3], pairs), rtol=1e-4)
+    # data vectors computed once give the same posteriors and score tests as the maps
+    d = summ.data_vector(fid[:3])
+    by_maps = summ.posterior(fid[:3], grid, per_map=True)
+    by_vectors = summ.posterior_of_data_vectors(d, grid)
+    for a, b in zip(by_maps, by_vectors, strict=True):
+        np.testing.assert_allclose(b.post, a.post, rtol=1e-5, atol=1e-12)
+    fn = summ.log_like_fn()
+    for a, b in zip(
+        inf.score_and_hessian(fn, fid[:3], [0.31, 0.83]),
+        inf.data_vector_score_and_hessian(fn, d, [0.31, 0.83]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(b, a, rtol=1e-6)
+    with pytest.raises(ValueError, match="data vectors"):
+        summ.posterior_of_data_vectors(d[0], grid)
+    with pytest.raises(ValueError, match="data vectors"):
+        inf.data_vector_score_and_hessian(fn, np.full_like(d, np.nan), [0.31, 0.83])
 
 
 def test_flow_score_compression(grf_sets, flows):

@@ -46,6 +46,7 @@ from fieldflow.inference.benchmark import fom_comparison
 from fieldflow.inference.calibration import (
     MIN_MAPS,
     coverage_curve,
+    data_vector_score_and_hessian,
     eigenvalue_interval,
     predicted_coverage,
     score_and_hessian,
@@ -150,6 +151,7 @@ __all__ = [
     "fom_comparison",
     "MIN_MAPS",
     "score_and_hessian",
+    "data_vector_score_and_hessian",
     "score_test",
     "eigenvalue_interval",
     "predicted_coverage",

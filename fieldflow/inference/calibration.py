@@ -36,6 +36,7 @@ from fieldflow.validation import check_maps
 __all__ = [
     "MIN_MAPS",
     "score_and_hessian",
+    "data_vector_score_and_hessian",
     "score_test",
     "eigenvalue_interval",
     "predicted_coverage",
@@ -96,7 +97,22 @@ def score_and_hessian(
     """
     x, _ = check_maps(np.asarray(maps), name="maps")
     if isinstance(log_like, DataVectorLogLike):  # d(x) once; differentiate its theta part
-        x, log_like = np.asarray(log_like.data_vectors(x), np.float32), log_like.of_data
+        return data_vector_score_and_hessian(log_like, log_like.data_vectors(x), theta0, chunk)
+    return _chunked_score_and_hessian(log_like, x, theta0, chunk)
+
+
+def data_vector_score_and_hessian(
+    log_like: DataVectorLogLike, vectors, theta0, chunk: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`score_and_hessian` of a data-vector likelihood from its data vectors (M, D),
+    computed before (e.g. once for several likelihoods of one summary)."""
+    d = np.asarray(vectors, np.float32)
+    if d.ndim != 2 or not np.all(np.isfinite(d)):
+        raise ValueError(f"data vectors must be finite (M, D), got shape {d.shape}")
+    return _chunked_score_and_hessian(log_like.of_data, d, theta0, chunk)
+
+
+def _chunked_score_and_hessian(log_like, x, theta0, chunk):
     t0 = np.asarray(theta0, np.float32)
     t0 = np.broadcast_to(t0, (len(x), t0.shape[-1])) if t0.ndim == 1 else t0
     if t0.shape[0] != len(x) or t0.ndim != 2:

@@ -19,7 +19,7 @@ import numpy as np
 
 from fieldflow.inference.grid import ThetaGrid, clip_grid, theta_grid
 from fieldflow.inference.likelihoods import grid_posterior
-from fieldflow.inference.posterior import MASSES, GridPosterior
+from fieldflow.inference.posterior import MASSES, GridPosterior, posteriors_from_loglike
 
 __all__ = ["hartlap_factor", "fiducial_covariance", "GaussianLikelihood", "DataVectorLogLike"]
 
@@ -110,9 +110,33 @@ class GaussianLikelihood:
 
     def pairwise(self, maps, theta) -> np.ndarray:
         """log L of every (map, theta) pair, (M, T)."""
+        return self.pairwise_of_data_vectors(self.data_vector(maps), theta)
+
+    def pairwise_of_data_vectors(self, vectors, theta) -> np.ndarray:
+        """log L of every pair of a data vector computed before (M, D) and a theta, (M, T)."""
         theta = np.atleast_2d(np.asarray(theta, np.float64))
-        r = self.data_vector(maps)[:, None, :] - self.mean(theta)[None, :, :]
+        r = np.asarray(vectors, np.float64)[:, None, :] - self.mean(theta)[None, :, :]
         return self._log_density(r, theta)
+
+    def posterior_of_data_vectors(
+        self,
+        vectors,
+        grid: ThetaGrid | None = None,
+        *,
+        log_prior=None,
+        masses: Sequence[float] = MASSES,
+    ) -> list[GridPosterior]:
+        """One grid posterior per data vector computed before, (M, D) (``data_vector``
+        once, then several likelihoods of the same summary); the grid clipped as in
+        :meth:`posterior`."""
+        d = np.asarray(vectors, np.float64)
+        if d.ndim != 2 or not np.all(np.isfinite(d)):
+            raise ValueError(f"data vectors must be finite (M, D), got shape {d.shape}")
+        grid = theta_grid() if grid is None else grid
+        grid = clip_grid(grid, self.theta_low, self.theta_high, what="the emulator's range")
+        ll = self.pairwise_of_data_vectors(d, grid.points)
+        ll = np.where(np.isnan(ll), -np.inf, ll).reshape(len(d), *grid.shape)
+        return posteriors_from_loglike(ll, grid, log_prior, masses)
 
     def posterior(
         self,

@@ -21,7 +21,6 @@ from fieldflow.inference.calibration_benchmark import (
     EIGENVALUE_RANGE,
     _one_test,
     _phase,
-    _score_test_of,
 )
 from fieldflow.inference.selection import COVERAGE_RANGES
 
@@ -30,14 +29,19 @@ __all__ = ["RESIDUAL_MODELS", "residual_model_benchmark"]
 RESIDUAL_MODELS = ("flow", "gaussian", "student")
 
 
-def _coverage(like, maps, theta, grid) -> dict:
-    """Coverage and FoM of the likelihood's grid posteriors of ``maps`` simulated at
-    ``theta`` (M, 2)."""
+def _coverage(posteriors, theta) -> dict:
+    """Coverage and FoM of grid posteriors of maps simulated at ``theta`` (M, 2)."""
     from fieldflow.inference.coverage import coverage_summary
 
-    stats = coverage_summary(like.posterior(maps, grid, per_map=True), theta)
+    stats = coverage_summary(posteriors, theta)
     keep = ("n_maps", "coverage_68", "coverage_95", "fom_mean", "fom_median")
     return {k: stats[k] for k in keep}
+
+
+def _score_test_of_vectors(log_like, vectors, theta) -> dict:
+    from fieldflow import inference
+
+    return inference.score_test(*inference.data_vector_score_and_hessian(log_like, vectors, theta))
 
 
 def residual_model_benchmark(
@@ -76,6 +80,8 @@ def residual_model_benchmark(
         train = summary(splits["train"][0])
         fid = summary(splits["fiducial"][0])
         test_maps, test_theta = (a[:n_test] for a in splits["test"])
+        test_vectors = summary(test_maps)
+        sim_vectors = [(theta, summary(maps)) for theta, maps in sims]
     results = {}
     for kind in tails:
         with _phase(f"{kind}", timings, log):
@@ -85,11 +91,12 @@ def residual_model_benchmark(
             )  # fmt: skip
             fn = like.log_like_fn()
             rows = []
-            for theta, maps in sims:
+            for theta, d in sim_vectors:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    row = _one_test(theta, _score_test_of, fn, maps, theta)
-                row.update(_coverage(like, maps, np.tile(theta, (len(maps), 1)), grid))
+                    row = _one_test(theta, _score_test_of_vectors, fn, d, theta)
+                posteriors = like.posterior_of_data_vectors(d, grid)
+                row.update(_coverage(posteriors, np.tile(theta, (len(d), 1))))
                 rows.append(row)
             eigs = [e for row in rows for e in row.get("eigenvalues") or []]
             results[kind] = {
@@ -102,7 +109,7 @@ def residual_model_benchmark(
                     min(r["coverage_68"] for r in rows),
                     max(r["coverage_68"] for r in rows),
                 ],
-                "test": _coverage(like, test_maps, test_theta, grid),
+                "test": _coverage(like.posterior_of_data_vectors(test_vectors, grid), test_theta),
             }
     timings["total_s"] = time.perf_counter() - t_start
     return {
