@@ -237,6 +237,14 @@ def test_residual_flow_is_a_normalised_density_that_beats_its_start():
     assert isinstance(few.residuals, inf.ResidualModel)
     with pytest.raises(ValueError, match="must agree"):
         inf.ResidualFlow.fit(t[:600], theta[:599], flow.gaussian)
+    with pytest.raises(ValueError, match="theta_penalty"):
+        inf.ResidualFlow.fit(residuals, theta[:2200], flow.gaussian, theta_penalty=-1.0)
+    # theta_penalty=inf: a shape that does not follow theta (its theta weights stay zero)
+    assert np.abs(flow.weights[:, :2]).max() > 1e-3  # the unpenalised fit used them
+    fixed = inf.ResidualFlow.fit(residuals, theta[:2200], like.residuals.gaussian, steps=20,
+                                 learning_rate=2e-2, theta_penalty=np.inf)  # fmt: skip
+    assert np.all(fixed.weights[:, :2] == 0) and np.abs(fixed.weights[:, 2:]).max() > 0
+    assert fixed.fit_report["shape_follows_theta"] is False
 
 
 def test_emulated_covariance_reloads(grf_sets, tmp_path):

@@ -40,6 +40,7 @@ from fieldflow.inference.likelihoods import (
 )
 from fieldflow.inference.posterior import posteriors_from_loglike
 from fieldflow.inference.power_spectrum import PowerSpectrumLikelihood
+from fieldflow.inference.selection import one_map_per_simulation
 from fieldflow.inference.summary import score_compressed_likelihood
 
 __all__ = ["FOM_DEFINITION", "split_fiducial", "fom_comparison"]
@@ -221,7 +222,8 @@ def fom_comparison(
         splits: ``fieldflow.data.load_dataset``'s dict; needs 'train', 'test' and 'fiducial'.
         manifest: the data set's manifest (simulator, n, box, slab, maps_per_sim, ...).
         grid: the theta grid of every posterior.
-        n_test: test maps evaluated (the first ones; a warning when there are fewer).
+        n_test: test maps evaluated (one per simulation first: the slabs of one
+            simulation are correlated; a warning when there are fewer).
         n_fid_eval: fiducial maps held out of the covariance and evaluated
             (``split_fiducial``).
         chunk: (map, theta) pairs per flow call.
@@ -252,11 +254,10 @@ def fom_comparison(
     test_maps, test_theta = splits["test"]
     if len(test_maps) < n_test:
         warnings.warn(f"only {len(test_maps)} test maps (asked for {n_test})", stacklevel=2)
-    test_maps, test_theta = test_maps[:n_test], test_theta[:n_test]
+    maps_per_sim = int(manifest.get("maps_per_sim", 1))
+    test_maps, test_theta = one_map_per_simulation(test_maps, test_theta, n_test, maps_per_sim)
     fid_maps = splits["fiducial"][0]
-    cov_part, eval_part = split_fiducial(
-        len(fid_maps), n_fid_eval, int(manifest.get("maps_per_sim", 1))
-    )
+    cov_part, eval_part = split_fiducial(len(fid_maps), n_fid_eval, maps_per_sim)
     fid_cov, fid_eval = fid_maps[cov_part], fid_maps[eval_part]
     fid_theta = np.asarray(data_gen.FIDUCIAL_THETA, np.float64)
 

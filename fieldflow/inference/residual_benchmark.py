@@ -22,7 +22,7 @@ from fieldflow.inference.calibration_benchmark import (
     _one_test,
     _phase,
 )
-from fieldflow.inference.selection import COVERAGE_RANGES
+from fieldflow.inference.selection import COVERAGE_RANGES, one_map_per_simulation
 
 __all__ = ["RESIDUAL_MODELS", "residual_model_benchmark"]
 
@@ -79,7 +79,9 @@ def residual_model_benchmark(
         summary = inference.flow_score_summary(model)
         train = summary(splits["train"][0])
         fid = summary(splits["fiducial"][0])
-        test_maps, test_theta = (a[:n_test] for a in splits["test"])
+        test_maps, test_theta = one_map_per_simulation(
+            *splits["test"], n_test, int(cfg.get("maps_per_sim", 1))
+        )
         test_vectors = summary(test_maps)
         sim_vectors = [(theta, summary(maps)) for theta, maps in sims]
     results = {}

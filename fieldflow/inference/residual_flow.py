@@ -199,6 +199,7 @@ class ResidualFlow:
         bound: float = 4.0,
         steps: int = 1500,
         learning_rate: float = 3e-3,
+        theta_penalty: float = 0.0,
         seed: int = 0,
     ) -> ResidualFlow:
         """Maximum-likelihood fit (Adam, full batch, cosine-decayed learning rate) of the
@@ -206,6 +207,9 @@ class ResidualFlow:
         ``gaussian`` (fitted to them) fixed. ``n_layers`` defaults to D (each coordinate
         reshaped once). A tenth of the residuals (chosen with ``seed``) is held out and the
         parameters of its best likelihood (checked every 50 steps) are kept.
+        ``theta_penalty`` adds that multiple of the sum of squares of the knots' theta
+        weights to the mean negative log-likelihood (``inf``: a shape that does not follow
+        theta; the Gaussian whitening and nu still do).
 
         ValueError for mismatched shapes, non-finite residuals, or fewer than
         ``MAPS_PER_PARAMETER`` residual components per fitted number.
@@ -223,8 +227,10 @@ class ResidualFlow:
             raise ValueError("residuals contain NaN or inf")
         m, d = r.shape
         n_layers = d if n_layers is None else int(n_layers)
-        if n_layers < 1 or n_bins < 2 or not bound > 0 or steps < 1:
-            raise ValueError("need n_layers >= 1, n_bins >= 2, bound > 0 and steps >= 1")
+        if n_layers < 1 or n_bins < 2 or not bound > 0 or steps < 1 or not theta_penalty >= 0:
+            raise ValueError(
+                "need n_layers >= 1, n_bins >= 2, bound > 0, steps >= 1 and theta_penalty >= 0"
+            )
         n_params = n_parameters(d, n_layers, n_bins)
         if not enough_residuals(m, d, n_layers, n_bins):
             raise ValueError(
@@ -240,8 +246,17 @@ class ResidualFlow:
         fit_mask = np.ones(m, bool)
         fit_mask[held] = False
 
-        def loss(free, r, t):
-            return -jnp.mean(proto._log_prob({**fixed, **free}, r, t))
+        theta_rows = np.zeros((1, d + 2, 1), np.float32)
+        theta_rows[:, :2] = 1.0
+        frozen = bool(np.isinf(theta_penalty))
+
+        def loss(free, r, t, penalise=True):
+            if frozen:
+                free = {**free, "weights": free["weights"] * (1.0 - theta_rows)}
+            value = -jnp.mean(proto._log_prob({**fixed, **free}, r, t))
+            if penalise and theta_penalty > 0 and not frozen:
+                value = value + theta_penalty * jnp.sum((free["weights"] * theta_rows) ** 2)
+            return value
 
         optimiser = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
 
@@ -251,7 +266,7 @@ class ResidualFlow:
             updates, state = optimiser.update(grad, state, free)
             return optax.apply_updates(free, updates), state, value
 
-        held_loss = jax.jit(lambda free: loss(free, r[held], t[held]))
+        held_loss = jax.jit(lambda free: loss(free, r[held], t[held], penalise=False))
         state = optimiser.init(free)
         start = best = float(held_loss(free))
         kept, best_step = free, 0
@@ -272,11 +287,14 @@ class ResidualFlow:
             "held_out_nll": best,
             "best_step": best_step,
             "steps": int(steps),
+            "theta_penalty": None if frozen else float(theta_penalty),  # None: inf
+            "shape_follows_theta": not frozen,
             "gaussian": gaussian.fit_report,
         }
+        weights = np.asarray(kept["weights"], np.float64)
         return dataclasses.replace(
             proto,
-            weights=np.asarray(kept["weights"], np.float64),
+            weights=weights * (1.0 - theta_rows) if frozen else weights,
             nu_coef=np.asarray(kept["nu_coef"], np.float64),
             fit_report=report,
         )
