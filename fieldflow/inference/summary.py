@@ -198,48 +198,19 @@ class SummaryLikelihood(GaussianLikelihood):
         train_theta,
         fiducial_maps,
         *,
-        degree: int = 3,
         covariance: str = "fiducial",
-        tails: str = "gaussian",
-        scale_degree: int = 2,
-        corr_degree: int = 1,
-        fiducial_theta: Sequence[float] = FIDUCIAL_THETA,
-        theta_low: Sequence[float] = (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
-        theta_high: Sequence[float] = (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
+        **options,
     ) -> SummaryLikelihood:
-        """Emulate mu(theta) from the summaries of (train_maps, train_theta); the covariance
-        from those of ``fiducial_maps`` (``covariance='fiducial'``: Gaussian, Hartlap-
-        corrected) or, with 'emulated', a :class:`~fieldflow.inference.residuals.ResidualModel`
-        of the training residuals t - mu(theta) with ``tails`` ('gaussian' or 'student'),
-        log-spreads of degree ``scale_degree`` and correlations of degree ``corr_degree`` in
-        theta (lowered, with a warning, where the training maps are too few for them); with
-        ``tails='flow'`` that Gaussian model whitens a
-        :class:`~fieldflow.inference.residual_flow.ResidualFlow` (splined core, Student-t
-        tails), or stays alone, with a warning, where the maps are too few for the flow.
-
-        ValueError when the fiducial maps do not outnumber the components by 3 (Hartlap) or
-        the training maps are too few for the emulator or the residual model.
-        ``fit_report`` records the emulator's deviation from the fiducial maps' mean summary
-        in units of its standard error (and, emulated, the fiducial maps' spread over the
-        model's and the residual model's fit).
-        """
+        """The likelihood of ``summary`` fitted to the summaries of (train_maps,
+        train_theta) and of ``fiducial_maps``: :meth:`fit_summaries` (which says what
+        ``covariance`` and the other ``options`` do) with the summaries computed here; bad
+        input fails before the training maps' summaries are computed."""
         if covariance not in ("fiducial", "emulated"):
             raise ValueError(f"covariance must be 'fiducial' or 'emulated', got {covariance!r}")
         fid = summary(fiducial_maps)
         fiducial_covariance(fid)  # too few fiducial maps: fail before the training summaries
         return cls.fit_summaries(
-            summary,
-            summary(train_maps),
-            train_theta,
-            fid,
-            degree=degree,
-            covariance=covariance,
-            tails=tails,
-            scale_degree=scale_degree,
-            corr_degree=corr_degree,
-            fiducial_theta=fiducial_theta,
-            theta_low=theta_low,
-            theta_high=theta_high,
+            summary, summary(train_maps), train_theta, fid, covariance=covariance, **options
         )
 
     @classmethod
@@ -259,9 +230,24 @@ class SummaryLikelihood(GaussianLikelihood):
         theta_low: Sequence[float] = (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
         theta_high: Sequence[float] = (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
     ) -> SummaryLikelihood:
-        """:meth:`fit` from summaries computed before: ``train`` (M, D) of maps at
-        ``train_theta`` (M, 2) and ``fid`` (F, D) of fiducial maps (to fit several
-        likelihoods of one summary without computing it again)."""
+        """Emulate mu(theta) (a polynomial of ``degree``) from ``summary``'s values ``train``
+        (M, D) of maps at ``train_theta`` (M, 2); the covariance from its values ``fid``
+        (F, D) of fiducial maps (``covariance='fiducial'``: Gaussian, Hartlap-corrected) or,
+        with 'emulated', a :class:`~fieldflow.inference.residuals.ResidualModel` of the
+        training residuals t - mu(theta) with ``tails`` ('gaussian' or 'student'),
+        log-spreads of degree ``scale_degree`` and correlations of degree ``corr_degree`` in
+        theta (lowered, with a warning, where the training maps are too few for them); with
+        ``tails='flow'`` that Gaussian model whitens a
+        :class:`~fieldflow.inference.residual_flow.ResidualFlow` (splined core, Student-t
+        tails), or stays alone, with a warning, where the maps are too few for the flow.
+        Computing the summaries once lets several likelihoods of one summary be fitted.
+
+        ValueError when the fiducial values do not outnumber the components by 3 (Hartlap) or
+        the training values are too few for the emulator or the residual model.
+        ``fit_report`` records the emulator's deviation from the fiducial maps' mean summary
+        in units of its standard error (and, emulated, the fiducial maps' spread over the
+        model's and the residual model's fit).
+        """
         if covariance not in ("fiducial", "emulated"):
             raise ValueError(f"covariance must be 'fiducial' or 'emulated', got {covariance!r}")
         train, fid = np.asarray(train, np.float64), np.asarray(fid, np.float64)
