@@ -4,22 +4,24 @@ reshape its core, and Student-t tails whose weight follows theta take the rare f
 
     u = L(theta)^-1 r                          (L: the Gaussian residual model's Cholesky factor)
     v = g_J o ... o g_1(u),   g_j changes coordinate a = j mod D only:
-        v_a = Psi(u_a; knots linear in (theta_unit, tanh(u_b / 2) for b != a, 1))
+        v_a = Psi(u_a; knots linear in (tanh(u_b / 2) for b != a, 1))
     log p(r | theta) = sum_d log t_nu(theta)(v_d) + sum_j log Psi_j'(u_a) - log det L(theta),
     nu(theta) = 2 + exp(c_0 + c . theta_unit),
 
 Psi a rational-quadratic spline on [-B, B] (the identity outside) and t_nu the
-one-dimensional Student-t density. The knots are linear in their inputs (no hidden layer):
-the score d log p / d theta of a density whose shape wiggles with theta is noisy, and the
-score test punishes it (an MLP conditioner gave eigenvalues up to 30 on the same maps).
+one-dimensional Student-t density. The splines' shape is the same at every theta: the
+location, spread and correlations follow theta through mu and L, the weight of the tails
+through nu. ``theta_penalty`` (finite) lets the knots be linear in theta as well, with a ridge
+on those weights. The knots are linear in their inputs (no hidden layer): the score
+d log p / d theta of a density whose shape wiggles with theta is noisy, and the score test
+punishes it.
 
 Why: on 32^2 PM maps the flow scores are heavy-tailed with a kurtosis that grows with sigma_8.
 A Gaussian residual model covers the 68% / 95% regions well but its score test is set by the
-rare far maps (eigenvalues up to 4.1 over 512 maps per theta); one Student-t has the right
-tails but a core too narrow (68% coverage 0.57 at the fiducial theta). This model keeps both
-at each theta (eigenvalues 0.83-1.84, 68% coverage 0.63-0.73), but over 100 validation maps
-spread over the prior its 68% regions covered 0.77, too wide, so it is not the default
-(``SummaryLikelihood.fit(..., tails='flow')``).
+rare far maps (eigenvalues up to 4.2 over 512 maps per theta); one Student-t has the right
+tails but a core too narrow (68% coverage 0.57 at the fiducial theta). This model keeps both:
+on 512 maps at each of 5 theta its eigenvalues are 0.70-1.54 over three fits (knots that
+follow theta: 0.92-1.73, and up to 30 with an MLP conditioner), its 68% coverage 0.58-0.73.
 It is fitted by maximum likelihood with the Gaussian model fixed, on 90% of the residuals,
 keeping the step of the best likelihood of the other 10%.
 """
@@ -53,22 +55,32 @@ def _student_logpdf(v, nu):
     )
 
 
-def n_parameters(dim: int, n_layers: int, n_bins: int) -> int:
-    """Fitted numbers of a residual flow: the spline weights and nu's three coefficients."""
-    return n_layers * (dim + 2) * rq_num_params(n_bins) + 3
+def n_parameters(dim: int, n_layers: int, n_bins: int, shape_follows_theta: bool = False) -> int:
+    """Fitted numbers of a residual flow: the spline weights (with or without their theta
+    inputs) and nu's three coefficients."""
+    n_inputs = dim + 2 if shape_follows_theta else dim
+    return n_layers * n_inputs * rq_num_params(n_bins) + 3
 
 
-def enough_residuals(m: int, dim: int, n_layers: int | None = None, n_bins: int = 4) -> bool:
+def enough_residuals(
+    m: int,
+    dim: int,
+    n_layers: int | None = None,
+    n_bins: int = 4,
+    shape_follows_theta: bool = False,
+) -> bool:
     """Whether m residuals of ``dim`` components can fit a residual flow (``n_layers``
     default: ``dim``): ``MAPS_PER_PARAMETER`` numbers per fitted parameter."""
     n_layers = dim if n_layers is None else int(n_layers)
-    return m * dim >= MAPS_PER_PARAMETER * n_parameters(dim, n_layers, n_bins)
+    n_params = n_parameters(dim, n_layers, n_bins, shape_follows_theta)
+    return m * dim >= MAPS_PER_PARAMETER * n_params
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ResidualFlow:
     """p(r | theta) of the module doc. ``weights`` (J, D + 2, 3K - 1): layer j's knots are
-    ``[theta_unit, tanh(u_others / 2), 1] @ weights[j]``; ``nu_coef`` (3,) = (c_0, c)."""
+    ``[theta_unit, tanh(u_others / 2), 1] @ weights[j]`` (its theta rows zero unless fitted
+    with a finite ``theta_penalty``); ``nu_coef`` (3,) = (c_0, c)."""
 
     gaussian: ResidualModel
     weights: np.ndarray
@@ -199,7 +211,7 @@ class ResidualFlow:
         bound: float = 4.0,
         steps: int = 1500,
         learning_rate: float = 3e-3,
-        theta_penalty: float = 0.0,
+        theta_penalty: float = np.inf,
         seed: int = 0,
     ) -> ResidualFlow:
         """Maximum-likelihood fit (Adam, full batch, cosine-decayed learning rate) of the
@@ -207,9 +219,9 @@ class ResidualFlow:
         ``gaussian`` (fitted to them) fixed. ``n_layers`` defaults to D (each coordinate
         reshaped once). A tenth of the residuals (chosen with ``seed``) is held out and the
         parameters of its best likelihood (checked every 50 steps) are kept.
-        ``theta_penalty`` adds that multiple of the sum of squares of the knots' theta
-        weights to the mean negative log-likelihood (``inf``: a shape that does not follow
-        theta; the Gaussian whitening and nu still do).
+        With ``theta_penalty`` finite the knots follow theta too, and that multiple of the
+        sum of squares of their theta weights is added to the mean negative log-likelihood;
+        ``inf`` (the default): one shape at every theta (the whitening and nu follow theta).
 
         ValueError for mismatched shapes, non-finite residuals, or fewer than
         ``MAPS_PER_PARAMETER`` residual components per fitted number.
@@ -231,8 +243,9 @@ class ResidualFlow:
             raise ValueError(
                 "need n_layers >= 1, n_bins >= 2, bound > 0, steps >= 1 and theta_penalty >= 0"
             )
-        n_params = n_parameters(d, n_layers, n_bins)
-        if not enough_residuals(m, d, n_layers, n_bins):
+        frozen = bool(np.isinf(theta_penalty))
+        n_params = n_parameters(d, n_layers, n_bins, not frozen)
+        if not enough_residuals(m, d, n_layers, n_bins, not frozen):
             raise ValueError(
                 f"{m} residuals of {d} components are too few for a residual flow of "
                 f"{n_params} parameters (need {MAPS_PER_PARAMETER} numbers per parameter)"
@@ -248,7 +261,6 @@ class ResidualFlow:
 
         theta_rows = np.zeros((1, d + 2, 1), np.float32)
         theta_rows[:, :2] = 1.0
-        frozen = bool(np.isinf(theta_penalty))
 
         def loss(free, r, t, penalise=True):
             if frozen:

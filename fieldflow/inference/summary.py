@@ -229,6 +229,7 @@ class SummaryLikelihood(GaussianLikelihood):
         fiducial_theta: Sequence[float] = FIDUCIAL_THETA,
         theta_low: Sequence[float] = (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
         theta_high: Sequence[float] = (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
+        flow_options: dict | None = None,
     ) -> SummaryLikelihood:
         """Emulate mu(theta) (a polynomial of ``degree``) from ``summary``'s values ``train``
         (M, D) of maps at ``train_theta`` (M, 2); the covariance from its values ``fid``
@@ -239,8 +240,9 @@ class SummaryLikelihood(GaussianLikelihood):
         theta (lowered, with a warning, where the training maps are too few for them); with
         ``tails='flow'`` that Gaussian model whitens a
         :class:`~fieldflow.inference.residual_flow.ResidualFlow` (splined core, Student-t
-        tails), or stays alone, with a warning, where the maps are too few for the flow.
-        Computing the summaries once lets several likelihoods of one summary be fitted.
+        tails; ``flow_options`` go to its ``fit``), or stays alone, with a warning, where the
+        maps are too few for the flow. Computing the summaries once lets several likelihoods
+        of one summary be fitted.
 
         ValueError when the fiducial values do not outnumber the components by 3 (Hartlap) or
         the training values are too few for the emulator or the residual model.
@@ -266,8 +268,16 @@ class SummaryLikelihood(GaussianLikelihood):
                 shrink=True,
                 **box,
             )
-            if tails == "flow" and enough_residuals(*r.shape):
-                residuals = ResidualFlow.fit(r, train_theta, residuals)
+            flow_options = dict(flow_options or {})
+            follows = np.isfinite(flow_options.get("theta_penalty", np.inf))
+            enough = enough_residuals(
+                *r.shape,
+                flow_options.get("n_layers"),
+                flow_options.get("n_bins", 4),
+                shape_follows_theta=bool(follows),
+            )
+            if tails == "flow" and enough:
+                residuals = ResidualFlow.fit(r, train_theta, residuals, **flow_options)
             elif tails == "flow":
                 warnings.warn(
                     f"{len(r)} residuals of {r.shape[1]} components are too few for a residual "
@@ -398,16 +408,16 @@ def score_compressed_likelihood(
 ) -> SummaryLikelihood:
     """The score-compressed likelihood of a flow: its score at the fiducial theta as the
     summary (:func:`flow_score_summary`), with the 'emulated' residual distribution: by
-    default a Gaussian whose spreads and correlation follow theta; ``tails='flow'`` reshapes it
-    with a :class:`~fieldflow.inference.residual_flow.ResidualFlow` (Student-t tails).
-    Measured on 32^2 N-body maps (512 maps at each of 5 theta): the Gaussian's score-test
-    eigenvalues 0.74-4.08 and 68% coverage 0.45-0.78 per theta (its score test set by the
-    rare far maps), the flow's 0.83-1.84 and 0.63-0.73; but on 100 validation maps, one per
-    simulation, the flow's 68% regions cover 0.77 (too wide), so the coverage-based choice of
-    ``fieldflow calibrate`` would fall back to the raw posterior, while the Gaussian's stay in
-    range there (0.74) and over the test and fiducial maps; see README.
+    default a :class:`~fieldflow.inference.residual_flow.ResidualFlow` (a Gaussian whose
+    spreads and correlation follow theta, reshaped by splines onto Student-t tails; with too
+    few training maps for it, the Gaussian alone, with a warning); ``tails='gaussian'`` or
+    'student' for those models alone. Measured on 32^2 N-body maps (512 maps at each of 5
+    theta): the flow's score-test eigenvalues 0.70-1.54 over three fits and 68% coverage
+    0.58-0.73 per theta, the Gaussian's 0.75-4.21 and 0.45-0.80 (its score test set by the
+    rare far maps); both in range over 200 validation and test maps; see README.
     ``kwargs`` go to :meth:`SummaryLikelihood.fit`."""
     kwargs.setdefault("covariance", "emulated")
+    kwargs.setdefault("tails", "flow")
     return SummaryLikelihood.fit(
         flow_score_summary(model), train_maps, train_theta, fiducial_maps, **kwargs
     )
