@@ -38,10 +38,10 @@ class LinearFlow(nnx.Module):
         self.amp = nnx.Variable(jnp.asarray(amp, jnp.float32))
 
     def _inverse(self, z, cond):
-        return jnp.fft.irfft2(jnp.fft.rfft2(z) * self.amp.value, s=(N, N))
+        return jnp.fft.irfft2(jnp.fft.rfft2(z) * self.amp[...], s=(N, N))
 
     def _forward(self, x, cond):
-        z = jnp.fft.irfft2(jnp.fft.rfft2(x) / self.amp.value, s=(N, N))
+        z = jnp.fft.irfft2(jnp.fft.rfft2(x) / self.amp[...], s=(N, N))
         return z, jnp.zeros(x.shape[0])
 
 
