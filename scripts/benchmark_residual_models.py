@@ -2,8 +2,8 @@
 Prints JSON.
 
 A thin wrapper over ``fieldflow.inference.residual_benchmark.residual_model_benchmark`` (see
-there): the score-compressed likelihood of a run with each residual model ('flow',
-'gaussian' (the default), 'student'), its score-test eigenvalues and per-theta coverage on NUM
+there): the score-compressed likelihood of a run with each residual model ('flow', the
+default, 'gaussian', 'student'), its score-test eigenvalues and per-theta coverage on NUM
 independent maps at each calibration theta, and its coverage over the test split::
 
     python scripts/benchmark_residual_models.py RUN DATA --num 512 --sims-cache SIMS

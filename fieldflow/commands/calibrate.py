@@ -9,9 +9,10 @@ too narrow (sqrt per direction). From F and C the curvature adjustment of the li
 written to ``RUN_DIR/calibration/calibration.json`` (with ``summary.json``: every score test);
 ``fieldflow infer`` then reports the adjusted
 posterior, whose covariance is the sandwich F^-1 C F^-1, beside the raw one. It also writes
-``score_compressed.json``: the score-compressed likelihood, a Gaussian likelihood of the
-flow's score at the fiducial theta with its mean and its theta-dependent covariance emulated
-over the training maps, which ``fieldflow infer`` reports too. Last, on COVERAGE_MAPS
+``score_compressed.json``: the score-compressed likelihood of the flow's score at the
+fiducial theta, its mean, spreads and correlations emulated over the training maps and its
+shape a spline-reshaped Student-t (a Gaussian where the training maps are too few), which
+``fieldflow infer`` reports too. Last, on COVERAGE_MAPS
 held-out maps of the data set's validation split (spread over the prior, never fitted to) it
 measures the coverage of the 68% and 95% regions of the raw, adjusted and score-compressed
 posteriors and writes ``selection.json``: the one ``fieldflow infer`` reports by default,

@@ -4,7 +4,7 @@ The score test of a heavy-tailed summary is set by its rare far maps, so 64-128 
 theta can show eigenvalues near 1 that several hundred maps do not (on 32^2 N-body maps a
 Gaussian residual model gave 0.61-1.47 on 128 maps per theta and 0.73-3.49 on 768).
 :func:`residual_model_benchmark` fits the score-compressed likelihood of a run once per
-residual model (``tails``: 'flow', 'gaussian' (the default), 'student'), from one
+residual model (``tails``: 'flow' (the default), 'gaussian', 'student'), from one
 computation of the training and fiducial maps' scores, and on ``num`` independent maps at
 each calibration theta reports the score-test eigenvalues (with 90% bootstrap intervals) and
 the coverage of the 68% / 95% regions, and the coverage over the test split.
