@@ -20,8 +20,9 @@ Why: on 32^2 PM maps the flow scores are heavy-tailed with a kurtosis that grows
 A Gaussian residual model covers the 68% / 95% regions well but its score test is set by the
 rare far maps (eigenvalues up to 4.2 over 512 maps per theta); one Student-t has the right
 tails but a core too narrow (68% coverage 0.57 at the fiducial theta). This model keeps both:
-on 512 maps at each of 5 theta its eigenvalues are 0.70-1.54 over three fits (knots that
-follow theta: 0.92-1.73, and up to 30 with an MLP conditioner), its 68% coverage 0.58-0.73.
+on 512 maps at each of 5 theta its eigenvalues are 0.70-1.54 over three fits (1.76 at
+(0.425, 0.95) on 1024 maps there; knots that follow theta: 0.92-1.73, and up to 30 with an
+MLP conditioner), its 68% coverage 0.58-0.73.
 It is fitted by maximum likelihood with the Gaussian model fixed, on 90% of the residuals,
 keeping the step of the best likelihood of the other 10%.
 """
