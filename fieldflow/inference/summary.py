@@ -412,8 +412,8 @@ def score_compressed_likelihood(
     spreads and correlation follow theta, reshaped by splines onto Student-t tails; with too
     few training maps for it, the Gaussian alone, with a warning); ``tails='gaussian'`` or
     'student' for those models alone. Measured on 32^2 N-body maps (512 maps at each of 5
-    theta): the flow's score-test eigenvalues 0.70-1.54 over three fits (1.76 at one theta on
-    1024 maps) and 68% coverage 0.58-0.73 per theta, the Gaussian's 0.75-4.21 and 0.45-0.80
+    theta, 1024 at four of them): the flow's score-test eigenvalues 0.71-1.32 and 68% coverage
+    0.58-0.73 per theta, the Gaussian's 0.75-4.21 and 0.45-0.80
     (its score test set by the rare far maps); both in range over 200 validation and test
     maps; see README.
     ``kwargs`` go to :meth:`SummaryLikelihood.fit`."""
