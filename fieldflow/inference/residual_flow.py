@@ -46,6 +46,7 @@ from fieldflow.splines import rq_forward, rq_identity_params, rq_inverse, rq_kno
 __all__ = ["ResidualFlow"]
 
 MAPS_PER_PARAMETER = 10  # residual components (maps x D) per fitted number
+N_BINS = 4  # spline bins of a residual flow, by default
 
 
 def _student_logpdf(v, nu):
@@ -68,13 +69,14 @@ def enough_residuals(
     m: int,
     dim: int,
     n_layers: int | None = None,
-    n_bins: int = 4,
-    shape_follows_theta: bool = False,
+    n_bins: int = N_BINS,
+    theta_penalty: float = np.inf,
 ) -> bool:
-    """Whether m residuals of ``dim`` components can fit a residual flow (``n_layers``
-    default: ``dim``): ``MAPS_PER_PARAMETER`` numbers per fitted parameter."""
+    """Whether m residuals of ``dim`` components can fit a residual flow of
+    :meth:`ResidualFlow.fit`'s ``n_layers`` (default: ``dim``), ``n_bins`` and
+    ``theta_penalty``: ``MAPS_PER_PARAMETER`` numbers per fitted parameter."""
     n_layers = dim if n_layers is None else int(n_layers)
-    n_params = n_parameters(dim, n_layers, n_bins, shape_follows_theta)
+    n_params = n_parameters(dim, n_layers, n_bins, not np.isinf(theta_penalty))
     return m * dim >= MAPS_PER_PARAMETER * n_params
 
 
@@ -209,7 +211,7 @@ class ResidualFlow:
         gaussian: ResidualModel,
         *,
         n_layers: int | None = None,
-        n_bins: int = 4,
+        n_bins: int = N_BINS,
         bound: float = 6.0,
         steps: int = 1500,
         learning_rate: float = 3e-3,
@@ -247,7 +249,7 @@ class ResidualFlow:
             )
         frozen = bool(np.isinf(theta_penalty))
         n_params = n_parameters(d, n_layers, n_bins, not frozen)
-        if not enough_residuals(m, d, n_layers, n_bins, not frozen):
+        if not enough_residuals(m, d, n_layers, n_bins, theta_penalty):
             raise ValueError(
                 f"{m} residuals of {d} components are too few for a residual flow of "
                 f"{n_params} parameters (need {MAPS_PER_PARAMETER} numbers per parameter)"

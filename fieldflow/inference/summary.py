@@ -269,14 +269,9 @@ class SummaryLikelihood(GaussianLikelihood):
                 **box,
             )
             flow_options = dict(flow_options or {})
-            follows = np.isfinite(flow_options.get("theta_penalty", np.inf))
-            enough = enough_residuals(
-                *r.shape,
-                flow_options.get("n_layers"),
-                flow_options.get("n_bins", 4),
-                shape_follows_theta=bool(follows),
-            )
-            if tails == "flow" and enough:
+            sizes = ("n_layers", "n_bins", "theta_penalty")
+            sizes = {k: flow_options[k] for k in sizes if k in flow_options}
+            if tails == "flow" and enough_residuals(*r.shape, **sizes):
                 residuals = ResidualFlow.fit(r, train_theta, residuals, **flow_options)
             elif tails == "flow":
                 warnings.warn(
