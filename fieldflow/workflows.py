@@ -225,3 +225,17 @@ def calibration_simulations(
         sims.append((tuple(float(v) for v in theta), maps))
         sources[f"{theta[0]:g},{theta[1]:g}"] = source
     return sims, sources
+
+
+def independent_fiducial_maps(cfg: dict, n: int, seed: int = 0, cache=None) -> np.ndarray:
+    """``n`` maps (n, N, N) at the fiducial theta from ``n`` fresh simulations of the data
+    set's configuration ``cfg``, one slab of each (the slabs of one simulation are
+    correlated, so ``n`` maps are ``n`` independent draws); ``cache`` as in
+    ``evaluation.held_out_sims``."""
+    import data_gen
+    from fieldflow.evaluation import held_out_sims
+
+    per = max(int(cfg.get("maps_per_sim", 1)), 1)
+    theta = np.asarray(data_gen.FIDUCIAL_THETA, np.float64)
+    maps, _ = held_out_sims(cfg, {}, theta, int(n) * per, seed, cache=cache)
+    return maps[::per][: int(n)]

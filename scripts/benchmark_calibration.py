@@ -23,7 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir", type=Path)
     p.add_argument("--num", type=int, default=64, help="held-out maps per calibration theta")
     p.add_argument("--n-test", type=int, default=200, help="test maps across the prior")
-    p.add_argument("--n-fid-eval", type=int, default=100, help="fiducial maps evaluated")
+    p.add_argument(
+        "--n-fid-eval",
+        type=int,
+        default=100,
+        help="fiducial maps evaluated (fresh simulations, one map each)",
+    )
     p.add_argument("--grid", type=int, default=40, help="grid cells per axis")
     p.add_argument(
         "--n-select", type=int, default=200, help="validation maps that choose the default"

@@ -143,6 +143,20 @@ def test_held_out_sims_and_theory_check(run_and_data):
     assert ev.held_out_sims(cfg, splits, fid, 20, seed=0, cache=cache)[1] == "held"
 
 
+def test_independent_fiducial_maps_take_one_slab_per_fresh_simulation(run_and_data):
+    from fieldflow.workflows import independent_fiducial_maps
+
+    cfg, _, splits = run_and_data
+    cfg = {**cfg, "maps_per_sim": 2}  # as if each simulation gave two correlated slabs
+    cache = {}
+    maps = independent_fiducial_maps(cfg, 3, seed=4, cache=cache)
+    ((key, (held, source)),) = cache.items()
+    assert maps.shape == (3, 16, 16) and key == (0.3, 0.8, 6, 4, 1)
+    np.testing.assert_array_equal(maps, held[::2])
+    assert "fiducial" not in source
+    assert not any(np.array_equal(m, f) for m in maps for f in splits["fiducial"][0])
+
+
 def test_sample_quality_benchmark_and_map_posteriors(run_and_data):
     cfg, model, splits = run_and_data
     lines = []

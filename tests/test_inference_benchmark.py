@@ -181,10 +181,20 @@ def test_fom_comparison_with_adjustments(model, splits, manifest):
         np.array([[0.3, 0.8]]), np.eye(2)[None], (0.2, 0.5), (0.5, 1.1), {"model": "m"}
     )
     adj = {"flow": ident, "power_spectrum": ident}
+    fresh = splits["test"][0][:3]  # stands in for maps of fresh fiducial simulations
     with pytest.warns(UserWarning):
         out = inf.fom_comparison(
-            model, splits, manifest, grid, n_test=4, n_fid_eval=4, adjustments=adj
+            model,
+            splits,
+            manifest,
+            grid,
+            n_test=4,
+            adjustments=adj,
+            fiducial_eval_maps=fresh,
         )
+    # the given fiducial maps are evaluated; every fiducial map of the data set is covariance
+    assert out["n_fiducial_eval"] == 3 and out["n_fiducial_cov"] == len(splits["fiducial"][0])
+    assert out["results"]["fiducial"]["flow"]["coverage_curve"]["n_maps"] == 3
     res = out["results"]["test"]
     for raw, adjusted in (("flow", "flow_adjusted"), ("power_spectrum", "power_spectrum_adjusted")):
         assert res[adjusted]["fom_mean"] == pytest.approx(res[raw]["fom_mean"], rel=1e-4)

@@ -214,6 +214,7 @@ def fom_comparison(
     adjustments: dict | None = None,
     calibration_sims: list | None = None,
     score_compressed: bool = True,
+    fiducial_eval_maps: np.ndarray | None = None,
 ) -> dict:
     """Compare the posteriors of a flow with the P(k) and exact likelihoods (see module doc).
 
@@ -239,6 +240,10 @@ def fom_comparison(
             (``flow_score_compressed``: the flow's score at the fiducial theta, its mean and
             theta-dependent covariance emulated from the training split;
             ``score_compressed_likelihood``).
+        fiducial_eval_maps: maps at the fiducial theta from simulations outside the data
+            set, one per simulation (``workflows.independent_fiducial_maps``): evaluated in
+            place of a held-out part of the fiducial split, whose maps then all go to the
+            covariances, as in ``fieldflow calibrate`` (``n_fid_eval`` is then unused).
 
     Returns:
         a JSON-able dict: ``n_train_maps``, ``n_fiducial_cov``, ``n_fiducial_eval``, ``grid``,
@@ -257,8 +262,11 @@ def fom_comparison(
     maps_per_sim = int(manifest.get("maps_per_sim", 1))
     test_maps, test_theta = one_map_per_simulation(test_maps, test_theta, n_test, maps_per_sim)
     fid_maps = splits["fiducial"][0]
-    cov_part, eval_part = split_fiducial(len(fid_maps), n_fid_eval, maps_per_sim)
-    fid_cov, fid_eval = fid_maps[cov_part], fid_maps[eval_part]
+    if fiducial_eval_maps is None:
+        cov_part, eval_part = split_fiducial(len(fid_maps), n_fid_eval, maps_per_sim)
+        fid_cov, fid_eval = fid_maps[cov_part], fid_maps[eval_part]
+    else:
+        fid_cov, fid_eval = fid_maps, np.asarray(fiducial_eval_maps)
     fid_theta = np.asarray(data_gen.FIDUCIAL_THETA, np.float64)
 
     t0 = time.perf_counter()

@@ -12,7 +12,9 @@ For a run and its data set (:func:`calibration_benchmark`):
    eigenvalues scatter on this many maps;
 3. :func:`~fieldflow.inference.fom_comparison` with the same calibration simulations: FoM
    and the coverage of the 68% and 95% regions over ``n_test`` test maps across the prior
-   and ``n_fid_eval`` fiducial maps;
+   (one per simulation) and ``n_fid_eval`` maps at the fiducial theta from as many fresh
+   simulations (one slab of each: independent draws; the data set's fiducial maps all go to
+   the covariances, as in ``fieldflow calibrate``);
 4. the posterior ``fieldflow infer`` reports by default, chosen as ``fieldflow calibrate``
    chooses it (:class:`~fieldflow.inference.PosteriorSelection`: by coverage on
    ``n_select`` maps of the validation split, which the test and fiducial maps of step 3
@@ -143,17 +145,22 @@ def calibration_benchmark(
     """The calibration benchmark of ``run_dir`` on ``data_dir`` (see the module docstring).
 
     ``num`` held-out maps per calibration theta; ``n_test`` test maps across the prior and
-    ``n_fid_eval`` fiducial maps for coverage; ``n_select`` validation maps to choose the
-    default posterior by; ``grid_size`` grid cells per axis; ``sims_cache`` a folder
-    (:class:`~fieldflow.sims_cache.SimulationCache`) that keeps the held-out simulations for
-    the next benchmark of a run on the same data set; ``log(line)`` hears when each phase
-    starts and how long it took. Returns a JSON-ready dict with the score tests, the FoM
+    ``n_fid_eval`` fiducial maps (fresh simulations, one map each) for coverage;
+    ``n_select`` validation maps to choose the default posterior by; ``grid_size`` grid
+    cells per axis; ``sims_cache`` a folder (:class:`~fieldflow.sims_cache.SimulationCache`)
+    that keeps the held-out simulations for the next benchmark of a run on the same data
+    set; ``log(line)`` hears when each phase starts and how long it took. Returns a
+    JSON-ready dict with the score tests, the FoM
     comparison, the checks and the timings.
     """
     import data_gen
     from fieldflow import inference
     from fieldflow.sims_cache import open_cache
-    from fieldflow.workflows import calibration_simulations, load_run_and_data
+    from fieldflow.workflows import (
+        calibration_simulations,
+        independent_fiducial_maps,
+        load_run_and_data,
+    )
 
     t_start = time.perf_counter()
     cfg, model, splits = load_run_and_data(run_dir, data_dir, seed=seed)
@@ -166,24 +173,22 @@ def calibration_benchmark(
         # independent maps at the same theta: fresh simulations only (another seed)
         no_fiducial = {k: v for k, v in splits.items() if k != "fiducial"}
         check, _ = calibration_simulations(cfg, no_fiducial, None, num, seed + 2, cache)
+        fid_eval = independent_fiducial_maps(cfg, n_fid_eval, seed + 3, cache)
 
     with _phase("calibration", timings, log):
         flow_fn = inference.flow_log_like_fn(model)
         fp = {"model": inference.model_fingerprint(model), "data": inference.fingerprint(cfg)}
         adjustment = inference.estimate_adjustment(flow_fn, sims, low, high, fp, chunk=32)
-        fid_maps = splits["fiducial"][0]
-        cov_part, _ = inference.benchmark.split_fiducial(
-            len(fid_maps), n_fid_eval, int(cfg.get("maps_per_sim", 1))
-        )
+        fid_maps = splits["fiducial"][0]  # all of them, as in `fieldflow calibrate`
         score_like = inference.score_compressed_likelihood(
             model,
             *splits["train"],
-            fid_maps[cov_part],
+            fid_maps,
             theta_low=low,
             theta_high=high,
         )
         ps = inference.PowerSpectrumLikelihood.fit(
-            *splits["train"], fid_maps[cov_part], float(cfg["box"]), degree=3
+            *splits["train"], fid_maps, float(cfg["box"]), degree=3
         )
 
     with _phase("score_tests", timings, log):
@@ -203,8 +208,8 @@ def calibration_benchmark(
             cfg,
             grid,
             n_test=n_test,
-            n_fid_eval=n_fid_eval,
             adjustments={"flow": adjustment},
+            fiducial_eval_maps=fid_eval,
         )
         timings.update({f"fom_{k}": v for k, v in fom.pop("timings_s").items()})
 
