@@ -34,7 +34,7 @@ def test_power_spectrum_summary_gives_the_power_spectrum_likelihood(grf_sets):
     summ = inf.SummaryLikelihood.fit(
         inf.power_spectrum_summary(N, BOX), train, theta, fid, degree=2
     )
-    np.testing.assert_allclose(summ.emulator.coef, ps.emulator.coef, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(summ.emulator.coef, ps.emulator.coef, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(summ.precision, ps.precision, rtol=1e-5)
     grid = inf.theta_grid(5, 5)
     np.testing.assert_allclose(
@@ -277,3 +277,11 @@ def test_variance_fit_survives_heavy_tails():
     emu = inf.SummaryEmulator.fit(y[:, None], theta, True, degree=2)
     fitted = emu.mean(np.array([[0.35, 0.6], [0.35, 1.0]]))[:, 0]
     assert np.all(np.isfinite(emu.coef)) and fitted[1] > 3 * fitted[0], fitted
+
+
+def test_nan_log_likelihoods_become_minus_inf_with_a_warning():
+    from fieldflow.inference.likelihoods import nan_to_minus_inf
+
+    with pytest.warns(RuntimeWarning, match="2 NaN"):
+        out = nan_to_minus_inf(np.array([0.0, np.nan, np.nan]))
+    assert out[0] == 0.0 and np.all(out[1:] == -np.inf)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fieldflow.inference.grid import ThetaGrid, clip_grid, theta_grid
-from fieldflow.inference.likelihoods import grid_posterior
+from fieldflow.inference.likelihoods import grid_posterior, nan_to_minus_inf
 from fieldflow.inference.posterior import MASSES, GridPosterior, posteriors_from_loglike
 
 __all__ = ["hartlap_factor", "fiducial_covariance", "GaussianLikelihood", "DataVectorLogLike"]
@@ -135,7 +135,7 @@ class GaussianLikelihood:
         grid = theta_grid() if grid is None else grid
         grid = clip_grid(grid, self.theta_low, self.theta_high, what="the emulator's range")
         ll = self.pairwise_of_data_vectors(d, grid.points)
-        ll = np.where(np.isnan(ll), -np.inf, ll).reshape(len(d), *grid.shape)
+        ll = nan_to_minus_inf(ll).reshape(len(d), *grid.shape)
         return posteriors_from_loglike(ll, grid, log_prior, masses)
 
     def posterior(

@@ -118,15 +118,18 @@ def grid_log_likelihood(
         res = np.asarray(res, np.float64).reshape(m_c, t_c)
         km, kt = min(m_c, n_maps - m0), min(t_c, n_theta - t0)
         out[m0 : m0 + km, t0 : t0 + kt] = res[:km, :kt]
-    if np.isnan(out).any():
-        warnings.warn(
-            f"{int(np.isnan(out).sum())} NaN log-likelihoods on the grid set to -inf",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        out = np.where(np.isnan(out), -np.inf, out)
-    out = out.reshape(n_maps, *grid.shape)
+    out = nan_to_minus_inf(out).reshape(n_maps, *grid.shape)
     return out if per_map else out.sum(axis=0)
+
+
+def nan_to_minus_inf(log_like: np.ndarray) -> np.ndarray:
+    """``log_like`` with NaN replaced by -inf (zero posterior mass), warning how many."""
+    n_nan = int(np.isnan(log_like).sum())
+    if n_nan:
+        warnings.warn(
+            f"{n_nan} NaN log-likelihoods on the grid set to -inf", RuntimeWarning, stacklevel=3
+        )
+    return np.where(np.isnan(log_like), -np.inf, log_like)
 
 
 def grid_posterior(
