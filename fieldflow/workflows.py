@@ -213,8 +213,6 @@ def calibration_simulations(
     of its configuration ``cfg`` (``evaluation.held_out_sims``, which reads and fills
     ``cache``). ``thetas`` defaults to the fiducial theta and the four interior points of
     ``evaluation.default_thetas``."""
-    import numpy as np
-
     from fieldflow.evaluation import default_thetas, held_out_sims
 
     if not thetas:
