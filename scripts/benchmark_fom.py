@@ -10,6 +10,7 @@ pass criteria)::
     python scripts/benchmark_fom.py --simulator nbody --n-sims 512 --n-fiducial 64
     python scripts/benchmark_fom.py --calibrate 128   # + curvature-adjusted flow and P(k)
     python scripts/benchmark_fom.py --log-offset 0    # a TRENF of ln(1 + x): exact class
+    python scripts/benchmark_fom.py --independent-fiducial   # fiducial maps: fresh sims
     python scripts/benchmark_fom.py --n-sims 256 --n-fiducial 64 --steps 200 --n-test 20 \\
         --grid 24 --workdir /tmp/fom_smoke                           # smoke test (~2 min)
 """
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind, default, help_text in OPTIONS:
         p.add_argument(flag, type=kind, default=default, help=help_text)
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="TRENF MLP widths")
+    p.add_argument(
+        "--independent-fiducial",
+        action="store_true",
+        help="evaluate N_FID_EVAL fresh fiducial simulations, one map each (independent draws)",
+    )
+    p.add_argument("--sims-cache", type=Path, default=None, help="keep fresh simulations here")
     p.add_argument("--no-progress", action="store_true")
     return p
 
