@@ -285,3 +285,60 @@ def test_nan_log_likelihoods_become_minus_inf_with_a_warning():
     with pytest.warns(RuntimeWarning, match="2 NaN"):
         out = nan_to_minus_inf(np.array([0.0, np.nan, np.nan]))
     assert out[0] == 0.0 and np.all(out[1:] == -np.inf)
+
+
+def _pixel_likelihood(t_train, theta, t_fid, **options):
+    """A summary likelihood of the first two pixels of maps that hold ``t`` there."""
+    summary = inf.Summary("two pixels", lambda x: x[:, 0, :2], ("a", "b"), (False, False), 8)
+
+    def as_maps(t):
+        maps = np.zeros((len(t), 8, 8), np.float32)
+        maps[:, 0, :2] = t
+        return maps
+
+    return inf.SummaryLikelihood.fit(summary, as_maps(t_train), theta, as_maps(t_fid), **options)
+
+
+def test_draws_from_a_summary_likelihood_have_its_moments():
+    """Fixed, Gaussian-emulated and Student-t residuals: draws at theta have the emulated mean
+    and the model's covariance."""
+    theta, t, _, _ = _heavy_tailed_summaries(3000)
+    probe = np.array([[0.25, 0.6], [0.45, 1.0]])
+    for options, n in (({"covariance": "fiducial"}, 4000), ({"covariance": "emulated"}, 4000),
+                       ({"covariance": "emulated", "tails": "student"}, 40000)):  # fmt: skip
+        like = _pixel_likelihood(t[:2500], theta[:2500], t[2500:], degree=2, **options)
+        draws = like.sample(jax.random.key(1), probe, n)
+        assert draws.shape == (2, n, 2)
+        if like.residuals is None:
+            cov = np.broadcast_to(np.linalg.inv(like.precision), (2, 2, 2))
+        else:
+            cov = like.residuals.covariance(probe)
+        se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2) / n)
+        assert np.all(np.abs(draws.mean(axis=1) - like.mean(probe)) < 5 * se), options
+        sample_cov = np.stack([np.cov(d.T) for d in draws])
+        np.testing.assert_allclose(sample_cov, cov, rtol=0.15, atol=0.05 * cov.max())
+    with pytest.raises(ValueError, match="theta"):
+        like.sample(jax.random.key(0), [0.3, 0.8, 1.0], 10)
+
+
+def test_reference_coverage_is_nominal_inside_the_prior_and_not_at_its_edge():
+    """A likelihood's own posteriors on its own draws: nominal coverage where the posterior
+    stays inside the prior box; at a theta beside the edge the box pulls the posterior mean
+    inwards — the reference that fixed-theta coverage of real maps is judged against."""
+    rng = np.random.default_rng(2)
+    theta = rng.uniform([0.2, 0.5], [0.5, 1.1], size=(600, 2))
+    fid = np.tile([0.3, 0.8], (200, 1))
+
+    def draw(th, noise):
+        mean = np.stack([th[:, 0] + th[:, 1], th[:, 1] ** 2], axis=1)
+        return mean + noise * rng.normal(size=mean.shape)
+
+    grid = inf.theta_grid(60, 60)
+    tight = _pixel_likelihood(draw(theta, 0.03), theta, draw(fid, 0.03), degree=2)
+    inside = tight.reference_coverage(jax.random.key(3), [0.35, 0.8], 400, grid)
+    assert inside["n_draws"] == 400 and inside["theta"] == [0.35, 0.8]
+    assert 0.6 < inside["coverage_68"] < 0.76 and 0.91 < inside["coverage_95"] < 0.99, inside
+    assert np.all(np.abs(inside["mean_bias_over_std"]) < 0.2), inside
+    wide = _pixel_likelihood(draw(theta, 0.1), theta, draw(fid, 0.1), degree=2)
+    edge = wide.reference_coverage(jax.random.key(3), [0.21, 0.8], 400, grid)
+    assert edge["mean_bias_over_std"][0] > 0.3, edge

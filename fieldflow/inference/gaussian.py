@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fieldflow.inference.coverage import coverage_summary
 from fieldflow.inference.grid import ThetaGrid, clip_grid, theta_grid
 from fieldflow.inference.likelihoods import grid_posterior, nan_to_minus_inf
 from fieldflow.inference.posterior import MASSES, GridPosterior, posteriors_from_loglike
@@ -107,6 +109,36 @@ class GaussianLikelihood:
             return log_density(jnp.asarray(d, jnp.float32) - mean_fn(theta), theta)
 
         return DataVectorLogLike(data_fn, of_data, self.data_vector)
+
+    def _sample_residuals(self, key: jax.Array, theta: np.ndarray, n: int) -> np.ndarray:
+        """r = d - mu(theta) drawn from N(0, Psi^-1), (T, n, D) for theta (T, 2)."""
+        chol = np.linalg.cholesky(np.linalg.inv(self.precision))
+        z = np.asarray(jax.random.normal(key, (len(theta), n, len(chol))), np.float64)
+        return z @ chol.T
+
+    def sample(self, key: jax.Array, theta, n: int) -> np.ndarray:
+        """``n`` data vectors drawn from this likelihood at each theta (T, 2) (or (2,)):
+        d = mu(theta) + r, (T, n, D), float64."""
+        theta = np.atleast_2d(np.asarray(theta, np.float64))
+        if theta.shape[-1] != 2 or int(n) < 1:
+            raise ValueError(f"theta (T, 2) and n >= 1 expected, got {theta.shape}, n={n}")
+        return self.mean(theta)[:, None, :] + self._sample_residuals(key, theta, int(n))
+
+    def reference_coverage(
+        self, key: jax.Array, theta, n: int = 1000, grid: ThetaGrid | None = None
+    ) -> dict:
+        """Coverage and mean bias of this likelihood's own posteriors on ``n`` data vectors
+        drawn from it at ``theta`` (2,): what a likelihood of this summary that is exactly
+        right gets at that theta under the grid's uniform prior. It differs from the nominal
+        mass where posteriors reach the prior's edge (a degeneracy cut by the box), so the
+        coverage of real maps at a fixed theta is judged against it as well as the nominal
+        mass. Averaged over theta drawn from the prior it is nominal."""
+        theta = np.asarray(theta, np.float64).reshape(-1)
+        draws = self.sample(key, theta, n)[0]
+        stats = coverage_summary(
+            self.posterior_of_data_vectors(draws, grid), np.tile(theta, (len(draws), 1))
+        )
+        return {"n_draws": int(n), "theta": theta.tolist(), **stats}
 
     def pairwise(self, maps, theta) -> np.ndarray:
         """log L of every (map, theta) pair, (M, T)."""

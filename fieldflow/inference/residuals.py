@@ -131,6 +131,18 @@ class ResidualModel:
         )
         return lambda r, theta: float32._log_prob(params, nu, r, theta, jnp)
 
+    def sample(self, key: jax.Array, theta, n: int) -> np.ndarray:
+        """n residuals drawn at each theta (T, 2): r = L(theta) z with z standard normal (or
+        standard Student-t with ``nu``), (T, n, D), float64."""
+        t = np.atleast_2d(np.asarray(theta, np.float64))
+        shape = (len(t), int(n), self.dim)
+        if self.nu is None:
+            z = jax.random.normal(key, shape)
+        else:
+            z = jax.random.t(key, self.nu, shape)
+        chol = self._cholesky(self._params(), t)
+        return np.einsum("tij,tnj->tni", chol, np.asarray(z, np.float64))
+
     def covariance(self, theta) -> np.ndarray:
         """Cov(r | theta) = nu / (nu - 2) L L^T (L L^T for the Gaussian), (T, D, D)."""
         t = np.atleast_2d(np.asarray(theta, np.float64))

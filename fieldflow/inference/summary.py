@@ -309,6 +309,11 @@ class SummaryLikelihood(GaussianLikelihood):
         n_theta = len(np.atleast_2d(np.asarray(theta)))
         return np.broadcast_to(np.sqrt(np.diag(self.cov)), (n_theta, len(self.cov))).copy()
 
+    def _sample_residuals(self, key, theta: np.ndarray, n: int) -> np.ndarray:
+        if self.residuals is None:
+            return super()._sample_residuals(key, theta, n)
+        return self.residuals.sample(key, theta, n)
+
     def _log_density(self, r: np.ndarray, theta: np.ndarray) -> np.ndarray:
         if self.residuals is None:
             return super()._log_density(r, theta)
