@@ -106,6 +106,16 @@ def test_bad_summaries_raise(grf_sets, flows):
         inf.power_spectrum_summary(N, BOX)(np.zeros((2, N + 1, N + 1)))
 
 
+# a summary that reads the first two pixels of a map, and maps that hold given summaries there
+TWO_PIXELS = inf.Summary("two pixels", lambda x: x[:, 0, :2], ("a", "b"), (False, False), 8)
+
+
+def _two_pixel_maps(t) -> np.ndarray:
+    maps = np.zeros((len(t), 8, 8), np.float32)
+    maps[:, 0, :2] = t
+    return maps
+
+
 def _heavy_tailed_summaries(m: int, seed: int = 5):
     """Two-number summaries whose spreads and correlation follow theta, Student-t with
     nu = 6 (unit covariance scale): (theta, t, true std(theta), true rho(theta))."""
@@ -133,9 +143,7 @@ def test_emulated_covariance_follows_theta():
     from scipy.stats import multivariate_normal, multivariate_t
 
     theta, t, sd, rho = _heavy_tailed_summaries(3000)
-    maps = np.zeros((3000, 8, 8), np.float32)
-    maps[:, 0, :2] = t  # the summary reads the first two pixels
-    summary = inf.Summary("two pixels", lambda x: x[:, 0, :2], ("a", "b"), (False, False), 8)
+    maps, summary = _two_pixel_maps(t), TWO_PIXELS
     like = inf.SummaryLikelihood.fit(summary, maps[:2500], theta[:2500], maps[2500:], degree=2,
                                      covariance="emulated", tails="student")  # fmt: skip
     assert like.fit_report["covariance"] == "emulated"
@@ -194,9 +202,7 @@ def test_residual_flow_is_a_normalised_density_that_beats_its_start():
     splines) have the density's mean, numpy / jax / pairwise agree, and it reloads."""
     theta, t, sd, _ = _heavy_tailed_summaries(2400)
     t = t + 0.4 * np.abs(t - t.mean(axis=0))  # a monotone skew for the splines to fit
-    maps = np.zeros((2400, 8, 8), np.float32)
-    maps[:, 0, :2] = t
-    summary = inf.Summary("two pixels", lambda x: x[:, 0, :2], ("a", "b"), (False, False), 8)
+    maps, summary = _two_pixel_maps(t), TWO_PIXELS
     like = inf.SummaryLikelihood.fit(summary, maps[:2200], theta[:2200], maps[2200:], degree=2,
                                      covariance="emulated")  # fmt: skip
     residuals = t[:2200] - like.mean(theta[:2200])  # what tails="flow" fits, in fewer steps
@@ -288,15 +294,10 @@ def test_nan_log_likelihoods_become_minus_inf_with_a_warning():
 
 
 def _pixel_likelihood(t_train, theta, t_fid, **options):
-    """A summary likelihood of the first two pixels of maps that hold ``t`` there."""
-    summary = inf.Summary("two pixels", lambda x: x[:, 0, :2], ("a", "b"), (False, False), 8)
-
-    def as_maps(t):
-        maps = np.zeros((len(t), 8, 8), np.float32)
-        maps[:, 0, :2] = t
-        return maps
-
-    return inf.SummaryLikelihood.fit(summary, as_maps(t_train), theta, as_maps(t_fid), **options)
+    """The likelihood of the two-pixel summary fitted to summaries ``t_train`` at ``theta``
+    and ``t_fid`` at the fiducial theta."""
+    maps, fid = _two_pixel_maps(t_train), _two_pixel_maps(t_fid)
+    return inf.SummaryLikelihood.fit(TWO_PIXELS, maps, theta, fid, **options)
 
 
 def test_draws_from_a_summary_likelihood_have_its_moments():

@@ -157,6 +157,8 @@ def calibration_benchmark(
     JSON-ready dict with the score tests, the FoM
     comparison, the checks and the timings.
     """
+    import jax
+
     import data_gen
     from fieldflow import inference
     from fieldflow.sims_cache import open_cache
@@ -218,8 +220,6 @@ def calibration_benchmark(
         timings.update({f"fom_{k}": v for k, v in fom.pop("timings_s").items()})
 
     with _phase("reference", timings, log):
-        import jax
-
         reference = {
             name: like.reference_coverage(jax.random.key(seed), data_gen.FIDUCIAL_THETA, 1000, grid)
             for name, like in (("flow_score_compressed", score_like), ("power_spectrum", ps))
