@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CONDS
 from flax import nnx
 
 from fieldflow.field_level import (
@@ -196,6 +197,7 @@ def test_bad_input_is_refused(gaussian_case):
         ((d, mask, 1.0), {"theta_start": [0.3, 1.1]}, "outside the prior"),
         ((d, mask, 1.0), {"sampler": "hmc"}, "sampler must be"),
         ((np.full((N, N), np.nan, np.float32), mask, 1.0), {}, "NaN|finite"),
+        ((d, mask, 1.0), {"init_field": np.full((N, N), np.nan)}, "non-finite latent"),
     ]
     for args, extra, msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -219,3 +221,20 @@ def test_unconverged_and_divergent_chains_are_flagged():
     assert not bad["converged"] and bad["stray_chains"].tolist() == [False, False, True, False]
     assert bad["divergent_chains"].tolist() == [False, True, False, False]
     assert np.any(bad["rhat"] > 1.01)
+
+
+def test_a_start_field_below_a_log_transform_support_is_raised_into_it(flows):
+    """A Wiener filter can dip below delta = -1 - c; its latent must stay finite (NaN
+    starts made every transition divergent)."""
+    flow = flows["trenf_log_offset"]
+    graphdef, state = nnx.split(flow.module)
+    x = np.asarray(flow.fields(1))[0]
+    low = x.copy()
+    low[0, :3] = -1.5
+    theta = jnp.asarray(CONDS[0])
+    latent = jax.jit(FlowField(graphdef).latent)
+    z_low, z = np.asarray(latent(state, low, theta)), np.asarray(latent(state, x, theta))
+    assert np.all(np.isfinite(z_low))
+    np.testing.assert_allclose(
+        z, np.asarray(flow.module.forward(x[None], theta[None])[0])[0], atol=1e-5
+    )

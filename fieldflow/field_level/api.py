@@ -107,6 +107,8 @@ def _run_field(field, params, key, d, mask, noise_var, prior_box, theta_start, i
         if init.shape != obs.d.shape:
             raise ValueError(f"init_field must have shape {obs.d.shape}, got {init.shape}")
         z0 = jax.jit(field.latent)(params, jnp.asarray(init), jnp.asarray(theta0))
+        if not np.all(np.isfinite(np.asarray(z0))):
+            raise ValueError("init_field maps to a non-finite latent: give a finite field")
     start = {"t": t_from_theta(jnp.asarray(theta0), low, high), "z": z0}
     data = {"d": jnp.asarray(obs.d), "w": jnp.asarray(obs.w), "low": low, "high": high}
     rhat_max, min_ess = kw.pop("rhat_max"), kw.pop("min_ess")
@@ -149,7 +151,8 @@ def field_level_posterior(
         theta_start: centre of the chains' starting theta (default the prior box centre);
             outside the prior box is a ValueError.
         init_field: a field (e.g. the Wiener filter) whose latent f(s; theta_start) is the
-            centre of the starting z (default z = 0).
+            centre of the starting z (default z = 0); pixels below the support of a flow
+            with a log transform (delta > -1 - c) are raised into it first.
         prior_box: ((om_lo, om_hi), (s8_lo, s8_hi)) of the flat prior (default: the model's
             trained range).
         init_scale: jitter of the chains' starts in (t, z).

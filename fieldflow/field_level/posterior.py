@@ -41,7 +41,12 @@ __all__ = [
     "t_from_theta",
     "log_posterior",
     "check_theta_start",
+    "START_FLOOR",
 ]
+
+# a start field (a Wiener filter) can dip below the support delta > -1 of a log transform;
+# it is raised to this floor (minus the flow's log offset) before it is mapped to a latent
+START_FLOOR = -0.99
 
 
 # ------------------------------------------------------------------- the fields
@@ -58,8 +63,12 @@ class FlowField:
         return model._inverse(zb, tb).reshape(z.shape)
 
     def latent(self, params, s, theta):
-        """The inverse map z = f(s; theta)."""
+        """The inverse map z = f(s; theta), s first raised into the support of a flow with a
+        log transform (s >= ``START_FLOOR`` - c, c its log offset)."""
         model = nnx.merge(self.graphdef, params)
+        offset = getattr(model, "log_offset", None)
+        if offset is not None:
+            s = jnp.maximum(s, START_FLOOR - offset)
         sb, tb = jnp.reshape(s, (-1, *s.shape[-2:])), jnp.reshape(theta, (-1, theta.shape[-1]))
         return model._forward(sb, tb)[0].reshape(s.shape)
 
@@ -98,7 +107,7 @@ class LognormalField:
         n = self.n
         pg, var = self._power(theta)
         sb = jnp.reshape(s, (-1, n, n))
-        g = jnp.log1p(jnp.maximum(sb, -0.99)) + 0.5 * var[:, None, None]
+        g = jnp.log1p(jnp.maximum(sb, START_FLOOR)) + 0.5 * var[:, None, None]
         return jnp.fft.irfft2(jnp.fft.rfft2(g) / jnp.sqrt(pg), s=(n, n)).reshape(s.shape)
 
 
