@@ -7,6 +7,8 @@ over the prior), a 20% mask and S/N = 1 per pixel. Logic: ``fieldflow.field_leve
 
     python scripts/benchmark_field_level.py --data DATA --run RUN --n-maps 100
     python scripts/benchmark_field_level.py --data DATA --run RUN --n-maps 4 --samples 400
+    python scripts/benchmark_field_level.py --data DATA --run RUN --n-maps 100 --chains 2 \
+        --warmup 300 --samples 500 --no-compare --no-clean --rows rows.jsonl   # resumable
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def parse_args(argv=None):
     p.add_argument("--mask-fraction", type=float, default=0.2)
     p.add_argument("--clean-noise", type=float, default=0.1, help="noise std / map std, clean map")
     p.add_argument("--no-compare", action="store_true", help="skip the NUTS vs MCLMC comparison")
+    p.add_argument("--no-clean", action="store_true", help="skip the clean-map check")
+    p.add_argument(
+        "--field-draws", type=int, default=200, help="field draws kept per chain (intervals)"
+    )
+    p.add_argument("--rows", type=Path, help="per-map rows (JSON lines): resume from, append to")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the JSON here")
     return p.parse_args(argv)
@@ -63,6 +70,9 @@ def main(argv=None) -> dict:
         num_samples=args.samples,
         clean_noise=args.clean_noise,
         compare_samplers=not args.no_compare,
+        clean_map=not args.no_clean,
+        field_draws=args.field_draws,
+        rows_path=args.rows,
         log=lambda m: print(m, file=sys.stderr),
     )
     res["settings"] = {

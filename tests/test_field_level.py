@@ -5,6 +5,7 @@ draw the same chains), bad input is refused, unconverged chains are flagged, and
 reload. theta-only NUTS against the grid posterior is checked by
 scripts/benchmark_field_level.py (its compilation is too dear for the suite)."""
 
+import dataclasses
 import warnings
 
 import jax
@@ -101,6 +102,7 @@ def gaussian_case():
             num_samples=300,
             progress=False,
             min_ess=50,
+            field_draws=40,
         )
     return dict(
         model=model,
@@ -128,6 +130,11 @@ def test_gaussian_field_posterior_is_the_wiener_mean_and_variance(gaussian_case)
     assert np.allclose(r.mean, (LOW + HIGH) / 2, atol=0.1 * (HIGH - LOW))
     assert r.divergent.sum() == 0 and np.all(r.rhat < 1.1)
     assert r.grad_evals > 0 and r.summary()["ess_per_grad"][0] > 0
+    # the kept draws are draws of the same posterior
+    assert r.field_draws.shape == (2, 40, N, N)
+    draw_std = r.field_draws.reshape(-1, N, N).std(axis=0)
+    assert 0.75 < np.median(draw_std / r.field_std) < 1.25
+    assert r.interval_coverage(mean) > 0.9 and r.interval_coverage(mean + 3 * std) < 0.1
 
 
 def test_outputs_reload(gaussian_case, tmp_path):
@@ -139,12 +146,31 @@ def test_outputs_reload(gaussian_case, tmp_path):
     back = load_result(tmp_path / "fl.npz")
     np.testing.assert_array_equal(back.theta, r.theta)
     np.testing.assert_array_equal(back.field_std, r.field_std)
+    np.testing.assert_array_equal(back.field_draws, r.field_draws)
     assert back.summary() == r.summary()
     idata = az.from_netcdf(tmp_path / "fl.nc")
     np.testing.assert_allclose(idata.posterior["sigma_8"].values, r.theta[..., 1])
     assert "diverging" in idata.sample_stats
     mc = r.to_getdist()
     np.testing.assert_allclose(mc.getMeans()[:2], r.mean, rtol=1e-5)
+
+
+def test_central_intervals_cover_skewed_marginals_where_mean_and_std_do_not():
+    from fieldflow.field_level import FieldLevelResult
+
+    rng = np.random.default_rng(0)
+    draws = rng.exponential(size=(2, 300, 32, 32)).astype(np.float32)  # a skewed posterior
+    truth = rng.exponential(size=(32, 32))  # drawn from it: a calibrated posterior
+    stub = dict.fromkeys(f.name for f in dataclasses.fields(FieldLevelResult))
+    r = FieldLevelResult(**{**stub, "field_draws": draws})
+    assert abs(r.interval_coverage(truth) - 0.683) < 0.05  # 3.5 binomial standard errors
+    within_std = np.mean(np.abs(truth - draws.mean((0, 1))) <= draws.std((0, 1)))
+    assert within_std > 0.78  # 1 - exp(-2) = 0.86 for an exponential
+    assert r.interval_coverage(truth, truth > 2.0) < 0.1  # tail pixels: beyond the 84th centile
+    with pytest.raises(ValueError, match="truth must have shape"):
+        r.interval_coverage(truth[:4])
+    with pytest.raises(ValueError, match="no field draws"):
+        FieldLevelResult(**stub).interval_coverage(truth)
 
 
 def test_lognormal_target_is_the_simulator_and_an_exact_flow(tmp_path):

@@ -80,12 +80,13 @@ def _finish(run: dict, sampler: str, rhat_max: float, min_ess: float) -> FieldLe
         warmup_grad_evals=int(run["warmup_grad_evals"].sum()),
         seconds=float(run["seconds"]),
         sample_seconds=float(run["sample_seconds"]),
+        field_draws=run.get("field_draws"),
     )
 
 
 # the sampler settings the two field-level samplers pass on to run_chains / _finish
 SAMPLER_SETTINGS = ("sampler", "num_chains", "num_warmup", "num_samples", "init_scale")
-SAMPLER_SETTINGS += ("progress", "rhat_max", "min_ess")
+SAMPLER_SETTINGS += ("progress", "rhat_max", "min_ess", "field_draws")
 
 
 def _sampler_settings(arguments: dict, n: int) -> dict:
@@ -134,6 +135,7 @@ def field_level_posterior(
     rhat_max: float = 1.01,
     min_ess: float = 100.0,
     progress: bool = True,
+    field_draws: int = 0,
 ) -> FieldLevelResult:
     r"""Sample p(theta, z | d) with a conditional flow as the prior on the field.
 
@@ -158,6 +160,8 @@ def field_level_posterior(
         init_scale: jitter of the chains' starts in (t, z).
         rhat_max, min_ess: convergence thresholds (:func:`chain_diagnostics`).
         progress: tqdm progress bar.
+        field_draws: keep this many thinned draws of the field per chain
+            (``FieldLevelResult.field_draws``, for per-pixel intervals); 0 keeps none.
 
     Returns:
         :class:`FieldLevelResult`; unconverged or divergent chains are flagged and warned about.
@@ -191,6 +195,7 @@ def lognormal_field_level_posterior(
     rhat_max: float = 1.01,
     min_ess: float = 100.0,
     progress: bool = True,
+    field_draws: int = 0,
 ) -> FieldLevelResult:
     r"""Sample the exact field-level posterior of a lognormal map (the yardstick).
 

@@ -7,7 +7,8 @@ z), adapt independently (``num_warmup`` steps: NUTS's Stan-style windows; MCLMC'
 tuning stages), then draw ``num_samples`` samples in jitted chunks of ``lax.scan`` steps, one
 progress-bar update per chunk. Each draw records theta and, for field targets, the running
 sums of the field s and s^2 (the posterior mean and standard deviation per pixel), so the
-memory does not grow with the number of samples.
+memory does not grow with the number of samples; ``field_draws`` > 0 also keeps that many
+evenly thinned draws of s per chain (for per-pixel quantiles).
 
 Cost is counted in gradient evaluations of log p: NUTS uses ``num_integration_steps`` per
 transition, MCLMC's isokinetic McLachlan integrator two per step.
@@ -64,9 +65,10 @@ def _warmup(target, sampler, num_warmup, params, data, keys, positions):
     return jax.vmap(nuts if sampler == "nuts" else mclmc)(keys, positions)
 
 
-@functools.partial(jax.jit, static_argnames=("target", "sampler", "num_steps"))
-def _chunk(target, sampler, num_steps, params, data, keys, states, tuned):
-    """``num_steps`` transitions of every chain: (states, field sums, trace)."""
+@functools.partial(jax.jit, static_argnames=("target", "sampler", "num_steps", "keep_fields"))
+def _chunk(target, sampler, num_steps, params, data, keys, states, tuned, keep_fields=False):
+    """``num_steps`` transitions of every chain: (states, field sums, trace); the trace holds
+    every step's field s too when ``keep_fields``."""
     logdensity = _logdensity(target, params, data)
 
     def one(key, state, tuned):
@@ -88,7 +90,8 @@ def _chunk(target, sampler, num_steps, params, data, keys, states, tuned):
                 grads = jnp.asarray(MCLMC_GRADS_PER_STEP)
             if s is not None:
                 s_sum, s_sq = s_sum + s, s_sq + s * s
-            return (state, s_sum, s_sq), (theta, state.logdensity, bad, grads)
+            kept = s if keep_fields else None
+            return (state, s_sum, s_sq), (theta, state.logdensity, bad, grads, kept)
 
         (state, s_sum, s_sq), trace = jax.lax.scan(
             body, (state, zero, zero), jax.random.split(key, num_steps)
@@ -112,6 +115,7 @@ def run_chains(
     init_scale: float = 0.3,
     progress: bool = True,
     n_chunks: int = 10,
+    field_draws: int = 0,
 ) -> dict:
     """Run ``num_chains`` chains of ``sampler`` on ``target``; numpy results.
 
@@ -126,10 +130,13 @@ def run_chains(
             (rounded up to a multiple of the ``n_chunks`` progress-bar chunks).
         init_scale: standard deviation of the Gaussian jitter of each chain's start.
         progress: show a tqdm progress bar (stderr).
+        field_draws: keep this many evenly spaced draws of the field per chain (field
+            targets; at most the number of samples).
 
     Returns:
         dict: ``theta`` (C, S, P), ``logdensity`` (C, S), ``divergent`` (C, S) bool,
         ``field_sum``/``field_sq`` (N, N) float64 sums over all draws (or None),
+        ``field_draws`` (C, D, N, N) float32 thinned draws (or None),
         ``grad_evals`` (C,) in the sampling phase, ``warmup_grad_evals`` (C,),
         ``tuned`` (the adapted parameters, numpy), ``seconds`` (wall time of warmup and
         sampling, compilation included) and ``sample_seconds``.
@@ -141,8 +148,11 @@ def run_chains(
             raise ValueError(f"{name} must be >= 1, got {v}")
     if int(num_samples) < 4:
         raise ValueError(f"num_samples must be >= 4, got {num_samples}")
+    if int(field_draws) < 0:
+        raise ValueError(f"field_draws must be >= 0, got {field_draws}")
     n_chunks = max(1, min(int(n_chunks), int(num_samples)))
     chunk = math.ceil(int(num_samples) / n_chunks)
+    keep = np.unique(np.linspace(0, chunk * n_chunks - 1, int(field_draws)).round().astype(int))
     k_init, k_warm, k_run = jax.random.split(key, 3)
     leaves, treedef = jax.tree.flatten(start)
     init_keys = jax.random.split(k_init, len(leaves))
@@ -174,12 +184,24 @@ def run_chains(
     if bar is not None:
         bar.set_description(f"{sampler} sampling")
         bar.update(1)
-    traces, s_sum, s_sq = [], None, None
-    for k in jax.random.split(k_run, n_chunks):
+    traces, s_sum, s_sq, draws = [], None, None, []
+    for j, k in enumerate(jax.random.split(k_run, n_chunks)):
         states, c_sum, c_sq, trace = _chunk(
-            target, sampler, chunk, params, data, jax.random.split(k, num_chains), states, tuned
+            target,
+            sampler,
+            chunk,
+            params,
+            data,
+            jax.random.split(k, num_chains),
+            states,
+            tuned,
+            keep_fields=keep.size > 0,
         )
-        traces.append(jax.tree.map(np.asarray, trace))
+        *trace, fields = trace
+        if fields is not None:
+            here = keep[(keep >= j * chunk) & (keep < (j + 1) * chunk)] - j * chunk
+            draws.append(np.asarray(fields[:, here], np.float32))
+        traces.append(jax.tree.map(np.asarray, tuple(trace)))
         if c_sum is not None:
             c_sum = np.asarray(c_sum, np.float64).sum(axis=0)
             c_sq = np.asarray(c_sq, np.float64).sum(axis=0)
@@ -197,6 +219,7 @@ def run_chains(
         "divergent": bad.astype(bool),
         "field_sum": s_sum,
         "field_sq": s_sq,
+        "field_draws": np.concatenate(draws, axis=1) if draws else None,
         "grad_evals": grads.astype(np.int64).sum(axis=1),
         "warmup_grad_evals": np.asarray(warm_grads, np.int64),
         "tuned": jax.tree.map(np.asarray, tuned),
