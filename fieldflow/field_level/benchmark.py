@@ -13,7 +13,9 @@ field-level posteriors, both started from the Wiener filter at the prior centre.
   posterior's included) and within the central 68% interval of the field draws (0.683 for any
   calibrated posterior);
 * clean map (no mask, noise std ``clean_noise`` x the map std): the field-level theta marginal
-  and theta-only NUTS against the flow's grid posterior, |delta mean| / std_grid;
+  and theta-only NUTS against the flow's grid posterior, |delta mean| / std_grid, and the same
+  for the exact field-level marginal against the exact grid posterior: the shift the noise
+  itself causes, which the flow's should match;
 * convergence: R-hat, ESS per minute and per gradient evaluation of each sampler.
 
 Each map's row is appended to ``rows_path`` (JSON lines) as it finishes, and maps already
@@ -264,10 +266,13 @@ def run_benchmark(
     wf = np.asarray(wiener_filter(dc, None, v, signal[0]).field)
     key = jax.random.key(seed + 7)
     clean = field_level_posterior(model, dc, None, v, key=key, sampler=sampler, init_field=wf, **kw)
-    om_r, s8_r = inference.model_theta_range(model)
-    grid = inference.flow_posterior(
-        model, x, inference.theta_grid(grid_points, grid_points, om_r, s8_r)
+    clean_exact = lognormal_field_level_posterior(
+        dc, None, v, box=box, key=key, sampler=sampler, init_field=wf, **kw
     )
+    om_r, s8_r = inference.model_theta_range(model)
+    theta_grid = inference.theta_grid(grid_points, grid_points, om_r, s8_r)
+    grid = inference.flow_posterior(model, x, theta_grid)
+    grid_exact = inference.exact_lognormal_posterior(x, theta_grid, box=box)
     tnuts = theta_posterior_nuts(
         model,
         x[None],
@@ -284,6 +289,14 @@ def run_benchmark(
         "field_level_mean": clean.mean.tolist(),
         "field_level_std": clean.std.tolist(),
         "field_level_shift_sigma": (np.abs(clean.mean - grid.mean) / grid.std).tolist(),
+        "exact_grid_mean": grid_exact.mean.tolist(),
+        "exact_grid_std": grid_exact.std.tolist(),
+        "exact_field_level_mean": clean_exact.mean.tolist(),
+        "exact_field_level_std": clean_exact.std.tolist(),
+        "exact_field_level_shift_sigma": (
+            np.abs(clean_exact.mean - grid_exact.mean) / grid_exact.std
+        ).tolist(),
+        "exact_field_level_cost": _cost(clean_exact),
         "theta_nuts_mean": tnuts.mean.tolist(),
         "theta_nuts_std": tnuts.std.tolist(),
         "theta_nuts_shift_sigma": (np.abs(tnuts.mean - grid.mean) / grid.std).tolist(),

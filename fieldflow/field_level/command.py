@@ -4,7 +4,8 @@ The map of the file is the truth; the observation d = M (x + n) is simulated wit
 (``--mask FRACTION`` draws a survey mask with ``make_mask``, ``--mask FILE`` reads a 0/1
 array from an ``.npy`` or an ``.npz`` with ``mask``) and white noise of standard deviation
 ``--noise`` (seed ``--seed``); with ``--observed`` the map is the observation itself. Writes
-``field_level.npz`` (theta chains, field mean and std, diagnostics), ``field_level.nc``
+``field_level.npz`` (theta chains, field mean and std, ``--field-draws`` thinned field draws
+per chain, diagnostics), ``field_level.nc``
 (ArviZ InferenceData), the same for the exact lognormal prior with ``--lognormal-box``
 (``field_level_exact.*``), ``field_level.png`` and the summary.
 """
@@ -33,6 +34,12 @@ def add_arguments(parser) -> None:
     g.add_argument("--chains", type=int, default=4)
     g.add_argument("--warmup", type=int, default=500, help="adaptation steps per chain")
     g.add_argument("--samples", type=int, default=1000, help="samples per chain")
+    g.add_argument(
+        "--field-draws",
+        type=int,
+        default=100,
+        help="thinned field draws kept per chain (per-pixel intervals; 0: none)",
+    )
     g.add_argument("--seed", type=int, default=0, help="mask, noise and sampler seed")
     g.add_argument("--observed", action="store_true", help="the map is the observation d")
 
@@ -64,6 +71,14 @@ def _mask(spec, n: int, seed: int) -> np.ndarray:
                 raise ValueError(f"{path} has no 'mask' array")
             return np.asarray(f["mask"], np.float32)
     return np.asarray(np.load(path), np.float32)
+
+
+def _central68(result, truth, mask) -> float | None:
+    """Fraction of the masked pixels whose truth lies in the field's central 68% interval."""
+    hidden = mask == 0
+    if truth is None or result.field_draws is None or not hidden.any():
+        return None
+    return result.interval_coverage(truth, hidden)
 
 
 def run_field_level(args, model, maps, theta) -> dict:
@@ -100,6 +115,7 @@ def run_field_level(args, model, maps, theta) -> dict:
         num_warmup=args.warmup,
         num_samples=args.samples,
         progress=not args.no_progress,
+        field_draws=args.field_draws,
     )
     key = jax.random.key(args.seed + 2)
     result = field_level_posterior(model, d, mask, noise**2, key=key, **kw)
@@ -134,6 +150,7 @@ def run_field_level(args, model, maps, theta) -> dict:
         "field_level": result.summary(),
         "exact_lognormal": {k: r.summary() for k, r in others.items()}.get("exact lognormal"),
         "grid_posterior_clean_map": None if grid_post is None else grid_post.summary(),
+        "masked_truth_within_central68": _central68(result, truth, mask),
         "files": files,
     }
     write_json(out / "summary.json", summary)
