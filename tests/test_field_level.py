@@ -6,6 +6,7 @@ reload. theta-only NUTS against the grid posterior is checked by
 scripts/benchmark_field_level.py (its compilation is too dear for the suite)."""
 
 import dataclasses
+import json
 import warnings
 
 import jax
@@ -264,3 +265,15 @@ def test_a_start_field_below_a_log_transform_support_is_raised_into_it(flows):
     np.testing.assert_allclose(
         z, np.asarray(flow.module.forward(x[None], theta[None])[0])[0], atol=1e-5
     )
+
+
+def test_benchmark_rows_resume_only_runs_sampled_alike(tmp_path):
+    from fieldflow.field_level.benchmark import _load_rows
+
+    settings = {"num_chains": 2, "seed": 0}
+    path = tmp_path / "rows.jsonl"
+    assert _load_rows(path, 3, settings) == {}
+    path.write_text("".join(json.dumps({"map": i, "settings": settings}) + "\n" for i in range(4)))
+    assert sorted(_load_rows(path, 3, settings)) == [0, 1, 2]  # a longer run's rows: its first
+    with pytest.raises(ValueError, match="sampled with"):
+        _load_rows(path, 3, {**settings, "num_chains": 4})
