@@ -6,7 +6,8 @@ For d = M s + n, n ~ N(0, N), and s = f^-1(z; theta) with z ~ N(0, I),
     log p(theta, z | d) = log p(theta) - 1/2 |z|^2 - 1/2 (d - M f^-1(z; theta))^T N^-1 (...) + c,
 
 a smooth density in N^2 + 2 dimensions: its samples give the posterior of theta marginalised
-over the unseen field and the posterior mean and standard deviation of every pixel.
+over the unseen field and the posterior mean and standard deviation of every pixel (and, with
+``field_draws``, thinned draws of the field for per-pixel credible intervals).
 
 Modules, one job each:
 
@@ -16,7 +17,8 @@ Modules, one job each:
 * :mod:`~fieldflow.field_level.sampler`: ``run_chains``, BlackJAX NUTS / MCLMC, vmapped
   chains, jitted chunks, progress bar;
 * :mod:`~fieldflow.field_level.diagnostics`: R-hat and ESS (ArviZ), divergences, stray chains;
-* :mod:`~fieldflow.field_level.results`: ``FieldLevelResult`` (.npz, netCDF, GetDist);
+* :mod:`~fieldflow.field_level.results`: ``FieldLevelResult`` (.npz, netCDF, GetDist,
+  ``interval_coverage``);
 * :mod:`~fieldflow.field_level.api`: ``field_level_posterior``,
   ``lognormal_field_level_posterior``, ``theta_posterior_nuts``.
 
