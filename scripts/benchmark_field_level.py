@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--field-draws", type=int, default=200, help="field draws kept per chain (intervals)"
     )
+    p.add_argument("--maps", type=int, nargs="+", help="only these of the --n-maps maps")
+    p.add_argument("--extend", type=int, default=0, help="more samples per chain while unconverged")
     p.add_argument("--rows", type=Path, help="per-map rows (JSON lines): resume from, append to")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the JSON here")
@@ -72,6 +74,8 @@ def main(argv=None) -> dict:
         compare_samplers=not args.no_compare,
         clean_map=not args.no_clean,
         field_draws=args.field_draws,
+        extend_samples=args.extend,
+        only=args.maps,
         rows_path=args.rows,
         log=lambda m: print(m, file=sys.stderr),
     )

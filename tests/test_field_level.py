@@ -138,6 +138,22 @@ def test_gaussian_field_posterior_is_the_wiener_mean_and_variance(gaussian_case)
     assert r.interval_coverage(mean) > 0.9 and r.interval_coverage(mean + 3 * std) < 0.1
 
 
+def test_unconverged_chains_are_extended_up_to_the_limit(gaussian_case):
+    c = gaussian_case
+    kw = dict(key=jax.random.key(1), sampler="nuts", num_chains=2, num_warmup=150, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        never = field_level_posterior(c["model"], c["d"], c["mask"], c["noise_var"], **kw,
+                                      num_samples=300, field_draws=40, extend_samples=45,
+                                      min_ess=1e9)  # fmt: skip
+    assert never.theta.shape == (2, 360, 2) and not never.converged  # two more chunks of 30
+    np.testing.assert_array_equal(never.theta[:, :300], c["result"].theta)  # same chains
+    assert never.field_draws.shape == (2, 40, N, N)
+    with pytest.raises(ValueError, match="extend_samples"):
+        field_level_posterior(c["model"], c["d"], c["mask"], c["noise_var"], **kw,
+                              extend_samples=-1)  # fmt: skip
+
+
 def test_outputs_reload(gaussian_case, tmp_path):
     import arviz as az
 

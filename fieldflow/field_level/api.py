@@ -86,7 +86,7 @@ def _finish(run: dict, sampler: str, rhat_max: float, min_ess: float) -> FieldLe
 
 # the sampler settings the two field-level samplers pass on to run_chains / _finish
 SAMPLER_SETTINGS = ("sampler", "num_chains", "num_warmup", "num_samples", "init_scale")
-SAMPLER_SETTINGS += ("progress", "rhat_max", "min_ess", "field_draws")
+SAMPLER_SETTINGS += ("progress", "rhat_max", "min_ess", "field_draws", "extend_samples")
 
 
 def _sampler_settings(arguments: dict, n: int) -> dict:
@@ -113,7 +113,12 @@ def _run_field(field, params, key, d, mask, noise_var, prior_box, theta_start, i
     start = {"t": t_from_theta(jnp.asarray(theta0), low, high), "z": z0}
     data = {"d": jnp.asarray(obs.d), "w": jnp.asarray(obs.w), "low": low, "high": high}
     rhat_max, min_ess = kw.pop("rhat_max"), kw.pop("min_ess")
-    run = run_chains(key, FieldTarget(field), params, data, start, **kw)
+
+    def enough(theta) -> bool:
+        diag = chain_diagnostics(theta, np.zeros(theta.shape[:2], bool), warn=False)
+        return bool(np.all(diag["rhat"] < rhat_max) and np.all(diag["ess"] >= min_ess))
+
+    run = run_chains(key, FieldTarget(field), params, data, start, enough=enough, **kw)
     return _finish(run, kw["sampler"], rhat_max, min_ess)
 
 
@@ -136,6 +141,7 @@ def field_level_posterior(
     min_ess: float = 100.0,
     progress: bool = True,
     field_draws: int = 0,
+    extend_samples: int = 0,
 ) -> FieldLevelResult:
     r"""Sample p(theta, z | d) with a conditional flow as the prior on the field.
 
@@ -162,6 +168,8 @@ def field_level_posterior(
         progress: tqdm progress bar.
         field_draws: keep this many thinned draws of the field per chain
             (``FieldLevelResult.field_draws``, for per-pixel intervals); 0 keeps none.
+        extend_samples: up to this many more samples per chain, drawn while R-hat >=
+            ``rhat_max`` or ESS < ``min_ess`` (0: a fixed length).
 
     Returns:
         :class:`FieldLevelResult`; unconverged or divergent chains are flagged and warned about.
@@ -196,6 +204,7 @@ def lognormal_field_level_posterior(
     min_ess: float = 100.0,
     progress: bool = True,
     field_draws: int = 0,
+    extend_samples: int = 0,
 ) -> FieldLevelResult:
     r"""Sample the exact field-level posterior of a lognormal map (the yardstick).
 

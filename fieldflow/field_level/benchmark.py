@@ -139,7 +139,9 @@ def run_benchmark(
     compare_samplers: bool = True,
     grid_points: int = 60,
     field_draws: int = 200,
+    extend_samples: int = 0,
     clean_map: bool = True,
+    only=None,
     rows_path=None,
     progress: bool = False,
     log=print,
@@ -147,6 +149,9 @@ def run_benchmark(
     """The benchmark of the module docstring on ``maps`` (M, N, N) at ``theta`` (M, 2).
 
     ``field_draws`` thinned field draws per chain give the central-interval coverage;
+    ``extend_samples`` more samples per chain are drawn while a run is unconverged; ``only``
+    (indices into ``maps``) samples those maps alone, with the observations and keys they get
+    in the whole run;
     ``clean_map`` False skips the clean-map check; ``rows_path`` (JSON lines) makes the
     per-map loop resumable."""
     from fieldflow import inference
@@ -168,6 +173,7 @@ def run_benchmark(
         num_samples=num_samples,
         progress=progress,
         field_draws=field_draws,
+        extend_samples=extend_samples,
     )
     settings = {
         **{k: v for k, v in kw.items() if k != "progress"},
@@ -177,7 +183,7 @@ def run_benchmark(
     }
     done = _load_rows(rows_path, len(maps), settings)
     per_map, t0 = [], time.perf_counter()
-    for i in range(len(maps)):
+    for i in range(len(maps)) if only is None else sorted(set(only)):
         if i in done:
             per_map.append(done[i])
             continue
@@ -222,7 +228,7 @@ def run_benchmark(
 
     shift, ratio = np.array(agg(["mean_shift_sigma"])), np.array(agg(["std_ratio"]))
     out["summary"] = {
-        "n_maps": len(maps),
+        "n_maps": len(per_map),
         "theta_mean_shift_sigma_max": float(shift.max()),
         "theta_mean_shift_sigma_median": float(np.median(shift)),
         "maps_means_within_0.2_sigma": float(np.mean(np.all(shift <= 0.2, axis=1))),

@@ -40,6 +40,12 @@ def add_arguments(parser) -> None:
         default=100,
         help="thinned field draws kept per chain (per-pixel intervals; 0: none)",
     )
+    g.add_argument(
+        "--extend-samples",
+        type=int,
+        default=0,
+        help="up to this many more samples per chain while R-hat or ESS fail",
+    )
     g.add_argument("--seed", type=int, default=0, help="mask, noise and sampler seed")
     g.add_argument("--observed", action="store_true", help="the map is the observation d")
 
@@ -116,6 +122,7 @@ def run_field_level(args, model, maps, theta) -> dict:
         num_samples=args.samples,
         progress=not args.no_progress,
         field_draws=args.field_draws,
+        extend_samples=args.extend_samples,
     )
     key = jax.random.key(args.seed + 2)
     result = field_level_posterior(model, d, mask, noise**2, key=key, **kw)

@@ -116,6 +116,8 @@ def run_chains(
     progress: bool = True,
     n_chunks: int = 10,
     field_draws: int = 0,
+    extend_samples: int = 0,
+    enough=None,
 ) -> dict:
     """Run ``num_chains`` chains of ``sampler`` on ``target``; numpy results.
 
@@ -131,7 +133,11 @@ def run_chains(
         init_scale: standard deviation of the Gaussian jitter of each chain's start.
         progress: show a tqdm progress bar (stderr).
         field_draws: keep this many evenly spaced draws of the field per chain (field
-            targets; at most the number of samples).
+            targets; at most the number of samples), from the first ``num_samples`` samples.
+        extend_samples: up to this many more samples per chain (whole chunks), drawn while
+            ``enough(theta)`` (theta (C, S, P) so far) is False.
+        enough: the convergence test that stops the extension (required with
+            ``extend_samples``).
 
     Returns:
         dict: ``theta`` (C, S, P), ``logdensity`` (C, S), ``divergent`` (C, S) bool,
@@ -150,6 +156,10 @@ def run_chains(
         raise ValueError(f"num_samples must be >= 4, got {num_samples}")
     if int(field_draws) < 0:
         raise ValueError(f"field_draws must be >= 0, got {field_draws}")
+    if int(extend_samples) < 0:
+        raise ValueError(f"extend_samples must be >= 0, got {extend_samples}")
+    if extend_samples and enough is None:
+        raise ValueError("extend_samples needs the convergence test enough(theta)")
     n_chunks = max(1, min(int(n_chunks), int(num_samples)))
     chunk = math.ceil(int(num_samples) / n_chunks)
     keep = np.unique(np.linspace(0, chunk * n_chunks - 1, int(field_draws)).round().astype(int))
@@ -184,8 +194,15 @@ def run_chains(
     if bar is not None:
         bar.set_description(f"{sampler} sampling")
         bar.update(1)
+    n_extra = math.ceil(int(extend_samples) / chunk)
     traces, s_sum, s_sq, draws = [], None, None, []
-    for j, k in enumerate(jax.random.split(k_run, n_chunks)):
+    for j, k in enumerate(jax.random.split(k_run, n_chunks + n_extra)):
+        if j >= n_chunks:
+            if enough(np.concatenate([t[0] for t in traces], axis=1)):
+                break
+            if bar is not None:
+                bar.total += 1
+                bar.set_description(f"{sampler} extending")
         states, c_sum, c_sq, trace = _chunk(
             target,
             sampler,
@@ -198,7 +215,7 @@ def run_chains(
             keep_fields=keep.size > 0,
         )
         *trace, fields = trace
-        if fields is not None:
+        if fields is not None and j < n_chunks:
             here = keep[(keep >= j * chunk) & (keep < (j + 1) * chunk)] - j * chunk
             draws.append(np.asarray(fields[:, here], np.float32))
         traces.append(jax.tree.map(np.asarray, tuple(trace)))
