@@ -184,10 +184,14 @@ def test_central_intervals_cover_skewed_marginals_where_mean_and_std_do_not():
     within_std = np.mean(np.abs(truth - draws.mean((0, 1))) <= draws.std((0, 1)))
     assert within_std > 0.78  # 1 - exp(-2) = 0.86 for an exponential
     assert r.interval_coverage(truth, truth > 2.0) < 0.1  # tail pixels: beyond the 84th centile
+    mask = (truth <= 2.0).astype(np.float32)  # the tail pixels masked
+    assert r.masked_coverage(truth, mask) == r.interval_coverage(truth, truth > 2.0)
+    assert r.masked_coverage(None, mask) is None and r.masked_coverage(truth, 1 + 0 * mask) is None
     with pytest.raises(ValueError, match="truth must have shape"):
         r.interval_coverage(truth[:4])
     with pytest.raises(ValueError, match="no field draws"):
         FieldLevelResult(**stub).interval_coverage(truth)
+    assert FieldLevelResult(**stub).masked_coverage(truth, mask) is None
 
 
 def test_lognormal_target_is_the_simulator_and_an_exact_flow(tmp_path):

@@ -74,11 +74,7 @@ def field_quality(truth, result, wiener, mask, box: float) -> dict:
         "r_k_upper_wiener": float(np.mean(wf["r_k"][half:])),
         "within_1std_masked": float(np.mean(z[hidden] <= 1.0)) if hidden.any() else None,
         "within_1std_all": float(np.mean(z <= 1.0)),
-        "within_central68_masked": (
-            result.interval_coverage(truth, hidden)
-            if hidden.any() and result.field_draws is not None
-            else None
-        ),
+        "within_central68_masked": result.masked_coverage(truth, mask),
     }
 
 
@@ -151,9 +147,8 @@ def run_benchmark(
     ``field_draws`` thinned field draws per chain give the central-interval coverage;
     ``extend_samples`` more samples per chain are drawn while a run is unconverged; ``only``
     (indices into ``maps``) samples those maps alone, with the observations and keys they get
-    in the whole run;
-    ``clean_map`` False skips the clean-map check; ``rows_path`` (JSON lines) makes the
-    per-map loop resumable."""
+    in the whole run; ``clean_map`` False skips the clean-map check; ``rows_path`` (JSON lines)
+    makes the per-map loop resumable."""
     from fieldflow import inference
     from fieldflow.denoise.benchmark import wiener_signal
     from fieldflow.denoise.observation import observe

@@ -79,14 +79,6 @@ def _mask(spec, n: int, seed: int) -> np.ndarray:
     return np.asarray(np.load(path), np.float32)
 
 
-def _central68(result, truth, mask) -> float | None:
-    """Fraction of the masked pixels whose truth lies in the field's central 68% interval."""
-    hidden = mask == 0
-    if truth is None or result.field_draws is None or not hidden.any():
-        return None
-    return result.interval_coverage(truth, hidden)
-
-
 def run_field_level(args, model, maps, theta) -> dict:
     """Sample the field-level posterior of the one map ``maps`` (1, N, N); write the outputs."""
     import jax
@@ -157,7 +149,7 @@ def run_field_level(args, model, maps, theta) -> dict:
         "field_level": result.summary(),
         "exact_lognormal": {k: r.summary() for k, r in others.items()}.get("exact lognormal"),
         "grid_posterior_clean_map": None if grid_post is None else grid_post.summary(),
-        "masked_truth_within_central68": _central68(result, truth, mask),
+        "masked_truth_within_central68": result.masked_coverage(truth, mask),
         "files": files,
     }
     write_json(out / "summary.json", summary)

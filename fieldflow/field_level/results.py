@@ -76,6 +76,14 @@ class FieldLevelResult:
         inside = (truth >= lo) & (truth <= hi)
         return float(np.mean(inside if pixels is None else inside[np.asarray(pixels, bool)]))
 
+    def masked_coverage(self, truth, mask, level: float = 0.6827) -> float | None:
+        """:meth:`interval_coverage` of the masked pixels (``mask`` == 0); None without kept
+        draws, a truth or masked pixels."""
+        hidden = np.asarray(mask) == 0
+        if truth is None or self.field_draws is None or not hidden.any():
+            return None
+        return self.interval_coverage(truth, hidden, level)
+
     def summary(self) -> dict:
         """JSON-able summary: moments, diagnostics, cost (ESS per gradient and per minute)."""
         s = self.samples
