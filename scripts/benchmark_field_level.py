@@ -32,6 +32,12 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--mask-fraction", type=float, default=0.2)
     p.add_argument("--clean-noise", type=float, default=0.1, help="noise std / map std, clean map")
+    p.add_argument(
+        "--clean-coordinates",
+        choices=("latent", "data"),
+        default="data",
+        help="field-level coordinates of the clean-map check",
+    )
     p.add_argument("--no-compare", action="store_true", help="skip the NUTS vs MCLMC comparison")
     p.add_argument("--no-clean", action="store_true", help="skip the clean-map check")
     p.add_argument(
@@ -71,6 +77,7 @@ def main(argv=None) -> dict:
         num_warmup=args.warmup,
         num_samples=args.samples,
         clean_noise=args.clean_noise,
+        clean_coordinates=args.clean_coordinates,
         compare_samplers=not args.no_compare,
         clean_map=not args.no_clean,
         field_draws=args.field_draws,

@@ -23,6 +23,8 @@ from fieldflow.field_level import (
     field_level_posterior,
     load_result,
     log_posterior,
+    log_posterior_data,
+    make_observation,
 )
 
 # one worker runs this module: its module fixtures are built once
@@ -46,6 +48,9 @@ class LinearFlow(nnx.Module):
     def _forward(self, x, cond):
         z = jnp.fft.irfft2(jnp.fft.rfft2(x) / self.amp[...], s=(N, N))
         return z, jnp.zeros(x.shape[0])
+
+    def _log_prob(self, x, cond):  # up to the constant -log|det A|
+        return -0.5 * jnp.sum(self._forward(x, cond)[0] ** 2, axis=(-2, -1))
 
 
 class ExactLognormalFlow(nnx.Module):
@@ -89,35 +94,29 @@ def gaussian_case():
     cov = np.linalg.inv(np.linalg.inv(c) + np.diag(w))
     mean = cov @ (w * d.ravel())
     model = LinearFlow(amp)
+    kw = dict(key=jax.random.key(1), sampler="nuts", num_chains=2, num_warmup=150)
+    kw.update(num_samples=300, progress=False, min_ess=50, field_draws=40)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a short run: checked below
-        result = field_level_posterior(
-            model,
-            d,
-            mask,
-            noise_var,
-            key=jax.random.key(1),
-            sampler="nuts",
-            num_chains=2,
-            num_warmup=150,
-            num_samples=300,
-            progress=False,
-            min_ess=50,
-            field_draws=40,
-        )
+        warnings.simplefilter("ignore", RuntimeWarning)  # short runs: checked below
+        result = field_level_posterior(model, d, mask, noise_var, coordinates="latent", **kw)
+        in_data = field_level_posterior(model, d, mask, noise_var, coordinates="data", **kw)
     return dict(
         model=model,
         d=d,
         mask=mask,
         noise_var=noise_var,
         result=result,
+        in_data=in_data,
         mean=mean.reshape(N, N),
         std=np.sqrt(np.diag(cov)).reshape(N, N),
     )
 
 
-def test_gaussian_field_posterior_is_the_wiener_mean_and_variance(gaussian_case):
-    r, mean, std = gaussian_case["result"], gaussian_case["mean"], gaussian_case["std"]
+@pytest.mark.parametrize("coordinates", ["latent", "data"])
+def test_gaussian_field_posterior_is_the_wiener_mean_and_variance(gaussian_case, coordinates):
+    r = gaussian_case["result" if coordinates == "latent" else "in_data"]
+    mean, std = gaussian_case["mean"], gaussian_case["std"]
+    assert r.coordinates == coordinates
     assert r.field_mean.shape == (N, N) and r.theta.shape == (2, 300, 2)
     err = np.abs(r.field_mean - mean) / std  # Monte Carlo error ~ 1 / sqrt(ESS) per pixel
     assert err.mean() < 0.15 and err.max() < 0.6, (err.mean(), err.max())
@@ -226,6 +225,56 @@ def test_lognormal_target_is_the_simulator_and_an_exact_flow(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_data_coordinates_are_the_latent_posterior_with_its_jacobian(flows):
+    """log p(theta, u | d) = log p(theta, z(u) | d) + log|det dz/du| + const: the two
+    parameterisations are one density (brute-force jacfwd determinant), for a flow with a
+    log transform and for the exact lognormal field."""
+    from data_gen.lognormal import lognormal
+
+    box = 32.0
+    flow = flows["trenf_log_offset"]
+    graphdef, state = nnx.split(flow.module)
+    x0 = np.asarray(flow.fields(1))[0]
+    cases = [(FlowField(graphdef), state, x0)]
+    x1 = np.asarray(lognormal(jax.random.key(5), [0.3, 0.8], n=N, box=box))[0]
+    cases.append((LognormalField(N, box), None, x1))
+    w = np.full((N, N), 3.0, np.float32)
+    for field, params, x in cases:
+        d = x + 0.05
+        gaps = []
+        for i, (t, scale) in enumerate([([0.3, -0.2], 1.0), ([-0.5, 0.4], 0.8)]):
+            theta = np.asarray(jax.nn.sigmoid(jnp.asarray(t)) * (HIGH - LOW) + LOW)
+            u = field.data_coordinate(params, scale * jnp.asarray(x) + 0.02 * i)
+
+            def z_of(u, theta=theta, field=field, params=params):
+                return field.latent(params, field.signal(params, u), theta)
+
+            jac = jax.jacfwd(z_of)(u).reshape(N * N, N * N)
+            logdet = np.linalg.slogdet(np.asarray(jac, np.float64))[1]
+            t = jnp.asarray(t, jnp.float32)
+            data_lp = log_posterior_data(field, params, {"t": t, "u": u}, d, w, LOW, HIGH)
+            latent_lp = log_posterior(field, params, {"t": t, "z": z_of(u)}, d, w, LOW, HIGH)
+            gaps.append(float(data_lp) - float(latent_lp) - logdet)
+        # the constant is -N^2/2 log(2 pi) (the flow's normalisation); 64 pixels in float32
+        assert abs(gaps[0] - gaps[1]) < 2e-2 * N, (type(field).__name__, gaps)
+
+
+def test_auto_coordinates_follow_the_observed_pixels_signal_to_noise():
+    from fieldflow.field_level.posterior import auto_coordinates
+
+    rng = np.random.default_rng(2)
+    signal = rng.standard_normal((N, N)).astype(np.float32)
+
+    def choice(noise_std, mask=None):
+        d = signal + noise_std * rng.standard_normal((N, N)).astype(np.float32)
+        return auto_coordinates(make_observation(d, mask, noise_std**2))
+
+    assert choice(0.05) == "data" and choice(1.0) == "latent"
+    mask = np.ones((N, N), np.float32)
+    mask[:, :4] = 0.0  # hidden pixels do not count as signal or noise
+    assert choice(0.05, mask) == "data" and choice(1.0, mask) == "latent"
+
+
 def test_bad_input_is_refused(gaussian_case):
     from fieldflow.field_level import lognormal_field_level_posterior
 
@@ -243,8 +292,9 @@ def test_bad_input_is_refused(gaussian_case):
         ((d, mask, 1.0), {"theta_start": [0.1, 0.8]}, "outside the prior"),
         ((d, mask, 1.0), {"theta_start": [0.3, 1.1]}, "outside the prior"),
         ((d, mask, 1.0), {"sampler": "hmc"}, "sampler must be"),
+        ((d, mask, 1.0), {"coordinates": "pixels"}, "coordinates must be"),
         ((np.full((N, N), np.nan, np.float32), mask, 1.0), {}, "NaN|finite"),
-        ((d, mask, 1.0), {"init_field": np.full((N, N), np.nan)}, "non-finite latent"),
+        ((d, mask, 1.0), {"init_field": np.full((N, N), np.nan)}, "non-finite latent coordinate"),
     ]
     for args, extra, msg in cases:
         with pytest.raises(ValueError, match=msg):

@@ -12,7 +12,8 @@ over the unseen field and the posterior mean and standard deviation of every pix
 Modules, one job each:
 
 * :mod:`~fieldflow.field_level.posterior`: the observation checks, the fields z -> s
-  (``FlowField``, ``LognormalField``), the theta transform, ``log_posterior``;
+  (``FlowField``, ``LognormalField``), the theta transform, ``log_posterior`` (latent
+  coordinates z) and ``log_posterior_data`` (data coordinates u, for nearly clean maps);
 * :mod:`~fieldflow.field_level.targets`: the hashable sampling targets (field, theta-only);
 * :mod:`~fieldflow.field_level.sampler`: ``run_chains``, BlackJAX NUTS / MCLMC, vmapped
   chains, jitted chunks, progress bar;
@@ -39,6 +40,7 @@ _EXPORTS = {
     "FlowField": "posterior",
     "LognormalField": "posterior",
     "log_posterior": "posterior",
+    "log_posterior_data": "posterior",
     "make_observation": "posterior",
     "FieldLevelResult": "results",
     "load_result": "results",

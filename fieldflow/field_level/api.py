@@ -14,6 +14,8 @@ available for longer runs, where its tuning has room.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,13 +25,14 @@ from fieldflow.field_level.diagnostics import chain_diagnostics
 from fieldflow.field_level.posterior import (
     FlowField,
     LognormalField,
+    auto_coordinates,
     check_theta_start,
     make_observation,
     t_from_theta,
 )
 from fieldflow.field_level.results import FieldLevelResult
 from fieldflow.field_level.sampler import run_chains
-from fieldflow.field_level.targets import FieldTarget, ThetaTarget
+from fieldflow.field_level.targets import COORDINATES, FieldTarget, ThetaTarget
 
 __all__ = [
     "DEFAULT_SAMPLER",
@@ -87,6 +90,7 @@ def _finish(run: dict, sampler: str, rhat_max: float, min_ess: float) -> FieldLe
 # the sampler settings the two field-level samplers pass on to run_chains / _finish
 SAMPLER_SETTINGS = ("sampler", "num_chains", "num_warmup", "num_samples", "init_scale")
 SAMPLER_SETTINGS += ("progress", "rhat_max", "min_ess", "field_draws", "extend_samples")
+SAMPLER_SETTINGS += ("coordinates",)
 
 
 def _sampler_settings(arguments: dict, n: int) -> dict:
@@ -96,21 +100,31 @@ def _sampler_settings(arguments: dict, n: int) -> dict:
 
 
 def _run_field(field, params, key, d, mask, noise_var, prior_box, theta_start, init_field, kw):
+    coordinates = kw.pop("coordinates")
+    if coordinates not in ("auto", *COORDINATES):
+        raise ValueError(f"coordinates must be 'auto' or one of {COORDINATES}, got {coordinates!r}")
     obs = make_observation(d, mask, noise_var)
+    if coordinates == "auto":
+        coordinates = auto_coordinates(obs)
     if obs.d.shape != (field_n := kw.pop("_n"), field_n):
         raise ValueError(f"d must be a ({field_n}, {field_n}) map, got {obs.d.shape}")
     low, high = _box(prior_box)
     theta0 = check_theta_start((low + high) / 2 if theta_start is None else theta_start, low, high)
-    if init_field is None:
-        z0 = jnp.zeros(obs.d.shape, jnp.float32)
+    if init_field is None and coordinates == "latent":
+        x0 = jnp.zeros(obs.d.shape, jnp.float32)
     else:
-        init = np.asarray(init_field, np.float32)
+        init = np.zeros(obs.d.shape, np.float32) if init_field is None else init_field
+        init = np.asarray(init, np.float32)
         if init.shape != obs.d.shape:
             raise ValueError(f"init_field must have shape {obs.d.shape}, got {init.shape}")
-        z0 = jax.jit(field.latent)(params, jnp.asarray(init), jnp.asarray(theta0))
-        if not np.all(np.isfinite(np.asarray(z0))):
-            raise ValueError("init_field maps to a non-finite latent: give a finite field")
-    start = {"t": t_from_theta(jnp.asarray(theta0), low, high), "z": z0}
+        if coordinates == "latent":
+            x0 = jax.jit(field.latent)(params, jnp.asarray(init), jnp.asarray(theta0))
+        else:
+            x0 = jax.jit(field.data_coordinate)(params, jnp.asarray(init))
+        if not np.all(np.isfinite(np.asarray(x0))):
+            raise ValueError(f"init_field maps to a non-finite {coordinates} coordinate")
+    name = "z" if coordinates == "latent" else "u"
+    start = {"t": t_from_theta(jnp.asarray(theta0), low, high), name: x0}
     data = {"d": jnp.asarray(obs.d), "w": jnp.asarray(obs.w), "low": low, "high": high}
     rhat_max, min_ess = kw.pop("rhat_max"), kw.pop("min_ess")
 
@@ -118,8 +132,11 @@ def _run_field(field, params, key, d, mask, noise_var, prior_box, theta_start, i
         diag = chain_diagnostics(theta, np.zeros(theta.shape[:2], bool), warn=False)
         return bool(np.all(diag["rhat"] < rhat_max) and np.all(diag["ess"] >= min_ess))
 
-    run = run_chains(key, FieldTarget(field), params, data, start, enough=enough, **kw)
-    return _finish(run, kw["sampler"], rhat_max, min_ess)
+    target = FieldTarget(field, coordinates)
+    run = run_chains(key, target, params, data, start, enough=enough, **kw)
+    return dataclasses.replace(
+        _finish(run, kw["sampler"], rhat_max, min_ess), coordinates=coordinates
+    )
 
 
 def field_level_posterior(
@@ -142,6 +159,7 @@ def field_level_posterior(
     progress: bool = True,
     field_draws: int = 0,
     extend_samples: int = 0,
+    coordinates: str = "auto",
 ) -> FieldLevelResult:
     r"""Sample p(theta, z | d) with a conditional flow as the prior on the field.
 
@@ -170,6 +188,14 @@ def field_level_posterior(
             (``FieldLevelResult.field_draws``, for per-pixel intervals); 0 keeps none.
         extend_samples: up to this many more samples per chain, drawn while R-hat >=
             ``rhat_max`` or ESS < ``min_ess`` (0: a fixed length).
+        coordinates: 'latent' samples (theta, z), best where the noise is comparable to
+            the signal; 'data' samples (theta, u), u the model's pointwise coordinate of s
+            (s, or ln(1 + c + s) with a log transform) under the prior log p_flow(s | theta)
+            + log |ds/du|, best for low noise, where the latent posterior is a thin curved
+            ridge that NUTS crosses slowly (at S/N 30 per pixel it did not converge in
+            latent coordinates). 'auto' (default) takes 'data' when the observed pixels'
+            signal-to-noise per pixel is >= ``DATA_COORDINATES_SNR`` (2.5), else 'latent';
+            ``FieldLevelResult.coordinates`` says which ran.
 
     Returns:
         :class:`FieldLevelResult`; unconverged or divergent chains are flagged and warned about.
@@ -205,6 +231,7 @@ def lognormal_field_level_posterior(
     progress: bool = True,
     field_draws: int = 0,
     extend_samples: int = 0,
+    coordinates: str = "auto",
 ) -> FieldLevelResult:
     r"""Sample the exact field-level posterior of a lognormal map (the yardstick).
 

@@ -12,7 +12,8 @@ field-level posteriors, both started from the Wiener filter at the prior centre.
   +-1 posterior std (0.683 only for Gaussian marginals: more for skewed ones, the exact
   posterior's included) and within the central 68% interval of the field draws (0.683 for any
   calibrated posterior);
-* clean map (no mask, noise std ``clean_noise`` x the map std): the field-level theta marginal
+* clean map (no mask, noise std ``clean_noise`` x the map std, sampled in data coordinates by
+  default): the field-level theta marginal
   and theta-only NUTS against the flow's grid posterior, |delta mean| / std_grid, and the same
   for the exact field-level marginal against the exact grid posterior: the shift the noise
   itself causes, which the flow's should match;
@@ -132,6 +133,7 @@ def run_benchmark(
     num_warmup: int = 500,
     num_samples: int = 1000,
     clean_noise: float = 0.1,
+    clean_coordinates: str = "data",
     compare_samplers: bool = True,
     grid_points: int = 60,
     field_draws: int = 200,
@@ -148,7 +150,8 @@ def run_benchmark(
     ``extend_samples`` more samples per chain are drawn while a run is unconverged; ``only``
     (indices into ``maps``) samples those maps alone, with the observations and keys they get
     in the whole run; ``clean_map`` False skips the clean-map check; ``rows_path`` (JSON lines)
-    makes the per-map loop resumable."""
+    makes the per-map loop resumable; ``clean_coordinates`` are the field-level coordinates of
+    the clean-map check ('data' by default: see ``field_level_posterior``)."""
     from fieldflow import inference
     from fieldflow.denoise.benchmark import wiener_signal
     from fieldflow.denoise.observation import observe
@@ -266,10 +269,9 @@ def run_benchmark(
     dc = observe(x, np.ones_like(mask), v, seed + 2)
     wf = np.asarray(wiener_filter(dc, None, v, signal[0]).field)
     key = jax.random.key(seed + 7)
-    clean = field_level_posterior(model, dc, None, v, key=key, sampler=sampler, init_field=wf, **kw)
-    clean_exact = lognormal_field_level_posterior(
-        dc, None, v, box=box, key=key, sampler=sampler, init_field=wf, **kw
-    )
+    ckw = {**kw, "sampler": sampler, "init_field": wf, "coordinates": clean_coordinates}
+    clean = field_level_posterior(model, dc, None, v, key=key, **ckw)
+    clean_exact = lognormal_field_level_posterior(dc, None, v, box=box, key=key, **ckw)
     om_r, s8_r = inference.model_theta_range(model)
     theta_grid = inference.theta_grid(grid_points, grid_points, om_r, s8_r)
     grid = inference.flow_posterior(model, x, theta_grid)
@@ -285,6 +287,7 @@ def run_benchmark(
     )
     out["clean_map"] = {
         "noise_std_over_map_std": clean_noise,
+        "coordinates": clean_coordinates,
         "grid_mean": grid.mean.tolist(),
         "grid_std": grid.std.tolist(),
         "field_level_mean": clean.mean.tolist(),

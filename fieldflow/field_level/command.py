@@ -46,6 +46,13 @@ def add_arguments(parser) -> None:
         default=0,
         help="up to this many more samples per chain while R-hat or ESS fail",
     )
+    g.add_argument(
+        "--coordinates",
+        choices=("auto", "latent", "data"),
+        default="auto",
+        help="sample the field in latent (noisy maps) or data (nearly clean maps) coordinates; "
+        "auto: data when the observed pixels' S/N per pixel >= 2.5",
+    )
     g.add_argument("--seed", type=int, default=0, help="mask, noise and sampler seed")
     g.add_argument("--observed", action="store_true", help="the map is the observation d")
 
@@ -115,6 +122,7 @@ def run_field_level(args, model, maps, theta) -> dict:
         progress=not args.no_progress,
         field_draws=args.field_draws,
         extend_samples=args.extend_samples,
+        coordinates=args.coordinates,
     )
     key = jax.random.key(args.seed + 2)
     result = field_level_posterior(model, d, mask, noise**2, key=key, **kw)
@@ -156,8 +164,8 @@ def run_field_level(args, model, maps, theta) -> dict:
     flag = "" if result.converged else " (NOT converged: " + "; ".join(result.problems) + ")"
     m, s = result.mean, result.std
     print(
-        f"field-level {sampler}: Omega_m = {m[0]:.4f} +- {s[0]:.4f}, sigma_8 = {m[1]:.4f} +- "
-        f"{s[1]:.4f}, R-hat {np.round(result.rhat, 3).tolist()}{flag}; figure "
-        f"{out / 'field_level.png'}"
+        f"field-level {sampler} ({result.coordinates} coordinates): Omega_m = {m[0]:.4f} +- "
+        f"{s[0]:.4f}, sigma_8 = {m[1]:.4f} +- {s[1]:.4f}, "
+        f"R-hat {np.round(result.rhat, 3).tolist()}{flag}; figure {out / 'field_level.png'}"
     )
     return summary

@@ -45,6 +45,7 @@ class FieldLevelResult:
     seconds: float
     sample_seconds: float
     field_draws: np.ndarray | None = None
+    coordinates: str | None = None  # 'latent' or 'data' for field-level runs
 
     @property
     def samples(self) -> np.ndarray:
@@ -90,6 +91,7 @@ class FieldLevelResult:
         minutes = max(self.seconds, 1e-9) / 60.0
         return {
             "sampler": self.sampler,
+            "coordinates": self.coordinates,
             "chains": int(self.theta.shape[0]),
             "samples_per_chain": int(self.theta.shape[1]),
             "mean": self.mean.tolist(),
@@ -137,9 +139,11 @@ class FieldLevelResult:
         arrays = {
             k: np.asarray(v)
             for k, v in dataclasses.asdict(self).items()
-            if v is not None and k not in ("problems", "sampler")
+            if v is not None and k not in ("problems", "sampler", "coordinates")
         }
         arrays["sampler"] = np.asarray(self.sampler)
+        if self.coordinates is not None:
+            arrays["coordinates"] = np.asarray(self.coordinates)
         arrays["problems"] = np.asarray("\n".join(self.problems))
         save_npz(out / f"{prefix}.npz", **arrays)
         self.to_inference_data().to_netcdf(str(out / f"{prefix}.nc"))
@@ -153,7 +157,7 @@ def load_result(path) -> FieldLevelResult:
     kw = {}
     for field in dataclasses.fields(FieldLevelResult):
         v = a.get(field.name)
-        if field.name == "sampler":
+        if field.name == "sampler" or (field.name == "coordinates" and v is not None):
             v = str(v)
         elif field.name == "problems":
             v = [p for p in str(v).split("\n") if p]
