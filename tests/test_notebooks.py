@@ -15,8 +15,8 @@ def code_cells(notebook) -> list[str]:
     return [c.source.strip() for c in notebook.cells if c.cell_type == "code"]
 
 
-def test_there_are_four_notebooks():
-    assert len(NAMES) == 4
+def test_there_are_five_notebooks():
+    assert len(NAMES) == 5
 
 
 @pytest.fixture(scope="module")
