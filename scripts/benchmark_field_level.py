@@ -1,4 +1,4 @@
-"""Field-level inference benchmark (issue 15): flow vs exact lognormal field-level posterior
+"""Field-level inference benchmark: flow vs exact lognormal field-level posterior
 of theta, coverage, posterior-mean field vs Wiener filter, per-pixel std calibration, the
 clean-map check against the grid posterior, R-hat and ESS per minute; prints JSON.
 

@@ -193,6 +193,34 @@ def test_central_intervals_cover_skewed_marginals_where_mean_and_std_do_not():
     assert FieldLevelResult(**stub).masked_coverage(truth, mask) is None
 
 
+def test_std_in_log_space_covers_lognormal_marginals_where_the_std_of_the_field_does_not():
+    from fieldflow.field_level import FieldLevelResult
+
+    rng = np.random.default_rng(1)
+    draws = np.expm1(rng.normal(0.0, 0.8, size=(2, 300, 32, 32)))  # lognormal marginals
+    truth = np.expm1(rng.normal(0.0, 0.8, size=(32, 32)))  # a calibrated posterior
+    stub = dict.fromkeys(f.name for f in dataclasses.fields(FieldLevelResult))
+    r = FieldLevelResult(
+        **{
+            **stub,
+            "field_draws": draws,
+            "field_mean": draws.mean((0, 1)),
+            "field_std": draws.std((0, 1)),
+        }  # fmt: skip
+    )
+    assert abs(r.std_coverage(truth, log_offset=0.0) - 0.683) < 0.05  # 3.5 binomial errors
+    assert r.std_coverage(truth) > 0.75  # mean +- std of s: a skewed marginal's
+    mean_u, std_u = r.log_moments(0.0)
+    np.testing.assert_allclose(std_u, 0.8, rtol=0.25)
+    mask = np.ones((32, 32), np.float32)
+    mask[:8] = 0
+    assert r.masked_std_coverage(truth, mask) == r.std_coverage(truth, mask == 0, 0.0)
+    assert r.masked_std_coverage(truth - 3.0, mask) is None  # truth outside ln(1 + s)'s domain
+    assert FieldLevelResult(**stub).masked_std_coverage(truth, mask) is None  # no draws
+    with pytest.raises(ValueError, match="no ln"):
+        r.log_moments(-0.5)  # draws below -1 + 0.5
+
+
 def test_lognormal_target_is_the_simulator_and_an_exact_flow(tmp_path):
     from data_gen.lognormal import lognormal
 
@@ -347,3 +375,38 @@ def test_benchmark_rows_resume_only_runs_sampled_alike(tmp_path):
     assert sorted(_load_rows(path, 3, settings)) == [0, 1, 2]  # a longer run's rows: its first
     with pytest.raises(ValueError, match="sampled with"):
         _load_rows(path, 3, {**settings, "num_chains": 4})
+
+
+def test_benchmark_rows_of_another_map_are_refused(tmp_path):
+    from fieldflow.field_level.benchmark import _load_rows, map_fingerprint
+
+    maps, theta = np.zeros((2, 8, 8), np.float32), np.full((2, 2), 0.5, np.float32)
+    maps[1, 0, 0] = 1.0
+    prints = [map_fingerprint(m, t) for m, t in zip(maps, theta, strict=True)]
+    assert prints[0] != prints[1] != map_fingerprint(maps[1], theta[1] + 0.1)
+    path, settings = tmp_path / "rows.jsonl", {"seed": 0}
+    rows = [{"map": i, "settings": settings, "map_fingerprint": prints[i]} for i in range(2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sorted(_load_rows(path, 2, settings, prints)) == [0, 1]
+    with pytest.raises(ValueError, match="another map 1"):
+        _load_rows(path, 2, settings, [prints[0], prints[0]])
+
+
+def test_benchmark_monte_carlo_errors_shrink_with_the_chains_effective_size():
+    """A shift of 0.25 sigma from 100 effective draws is within 2 errors of 0.2 sigma; from
+    10,000 it is the model's."""
+    from fieldflow.field_level.benchmark import mc_errors
+
+    def row(ess):
+        return {
+            "flow_std": [1.0, 2.0],
+            "exact_std": [1.0, 2.0],
+            "std_ratio": [1.0, 1.0],
+            "flow_cost": {"ess": [ess, ess]},
+            "exact_cost": {"ess": [ess, ess]},
+        }
+
+    shift, ratio = mc_errors(row(100.0))
+    np.testing.assert_allclose(shift, np.sqrt(2 / 100), rtol=1e-12)  # both means' errors
+    np.testing.assert_allclose(ratio, np.sqrt(1 / 100), rtol=1e-12)  # both stds' errors
+    assert 0.25 - 2 * shift[0] < 0.2 < 0.25 - 2 * mc_errors(row(1e4))[0][0]

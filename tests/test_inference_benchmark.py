@@ -87,6 +87,9 @@ def test_fom_comparison_reports_every_method(model, splits, manifest):
         assert res["flow_over_exact_fom_mean"] == pytest.approx(
             res["flow"]["fom_mean"] / res["exact"]["fom_mean"]
         )
+        agree = res["flow_vs_exact_per_map"]
+        assert 0 <= agree["maps_means_within_0.2_sigma"] <= 1
+        assert agree["theta_mean_shift_sigma_max"] >= agree["theta_mean_shift_sigma_median"] >= 0
     # the same numbers as the per-method functions
     flow = inf.flow_posterior(model, splits["test"][0], grid, per_map=True)
     assert out["results"]["test"]["flow"] == {

@@ -60,6 +60,21 @@ def _amplitude(theta):
     return np.exp(0.5 * (0.3 + 1.2 * u[:, 0] - 0.5 * u[:, 1] ** 2 + 0.4 * u[:, 0] * u[:, 1]))
 
 
+def test_posterior_agreement_counts_maps_off_by_shift_or_width():
+    ref_mean, ref_std = np.zeros((4, 2)), np.full((4, 2), 0.1)
+    mean = np.array([[0.0, 0.0], [0.019, -0.019], [0.021, 0.0], [0.0, 0.05]])
+    std = np.array([[0.1, 0.1], [0.109, 0.091], [0.1, 0.1], [0.1, 0.115]])
+    out = inf.posterior_agreement(mean, std, ref_mean, ref_std)
+    assert out["maps_means_within_0.2_sigma"] == 0.5  # maps 2 and 3 shifted > 0.2 sigma
+    assert out["theta_mean_shift_sigma_max"] == pytest.approx(0.5)
+    assert out["maps_stds_within_10pct"] == 0.75  # map 3 is 15% wide
+    assert out["theta_std_ratio_range"] == pytest.approx([0.91, 1.15])
+    with pytest.raises(ValueError, match="one shape"):
+        inf.posterior_agreement(mean[:3], std, ref_mean, ref_std)
+    with pytest.raises(ValueError, match="> 0"):
+        inf.posterior_agreement(mean, std, ref_mean, 0 * ref_std)
+
+
 def test_emulator_recovers_an_exact_exp_polynomial():
     """Maps A(theta) x0 have P(k; theta) = A^2 P(k; x0) exactly: the fit is exact."""
     n, box = 8, 32.0

@@ -158,6 +158,9 @@ def run_field_level(args, model, maps, theta) -> dict:
         "exact_lognormal": {k: r.summary() for k, r in others.items()}.get("exact lognormal"),
         "grid_posterior_clean_map": None if grid_post is None else grid_post.summary(),
         "masked_truth_within_central68": result.masked_coverage(truth, mask),
+        "masked_truth_within_1std_log": result.masked_std_coverage(
+            truth, mask, float(getattr(model, "log_offset", None) or 0.0)
+        ),
         "files": files,
     }
     write_json(out / "summary.json", summary)

@@ -85,6 +85,48 @@ class FieldLevelResult:
             return None
         return self.interval_coverage(truth, hidden, level)
 
+    def log_moments(self, log_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel mean and std of u = ln(1 + log_offset + s) over the kept field draws:
+        the moments of a lognormal-like field where its pixels' posteriors are nearly
+        Gaussian. ValueError when a draw has s <= -1 - log_offset."""
+        if self.field_draws is None:
+            raise ValueError("no field draws kept: sample with field_draws > 0")
+        draws = self.field_draws.reshape(-1, *self.field_draws.shape[-2:]).astype(np.float64)
+        if np.any(draws <= -1.0 - log_offset):
+            raise ValueError(f"field draws reach s <= -1 - {log_offset:g}: no ln(1 + c + s)")
+        u = np.log1p(log_offset + draws)
+        return u.mean(axis=0), u.std(axis=0, ddof=1)
+
+    def std_coverage(self, truth, pixels=None, log_offset: float | None = None) -> float:
+        """Fraction of ``pixels`` (boolean (N, N); default all) whose ``truth`` lies within
+        +-1 posterior std of the posterior mean: of s itself (``log_offset`` None; 0.683 only
+        for Gaussian marginals, more for skewed ones such as a lognormal field's), or of
+        u = ln(1 + log_offset + s) over the kept draws (:meth:`log_moments`)."""
+        truth = np.asarray(truth, np.float64)
+        if log_offset is None:
+            mean, std = self.field_mean, self.field_std
+        else:
+            if np.any(truth <= -1.0 - log_offset):
+                raise ValueError(f"truth reaches s <= -1 - {log_offset:g}: no ln(1 + c + s)")
+            mean, std = self.log_moments(log_offset)
+            truth = np.log1p(log_offset + truth)
+        if mean is None or truth.shape != mean.shape:
+            raise ValueError(f"truth must be a field of shape {np.shape(mean)}")
+        inside = np.abs(truth - mean) <= std
+        return float(np.mean(inside if pixels is None else inside[np.asarray(pixels, bool)]))
+
+    def masked_std_coverage(self, truth, mask, log_offset: float = 0.0) -> float | None:
+        """:meth:`std_coverage` in u = ln(1 + log_offset + s) of the masked pixels; None
+        without kept draws, a truth or masked pixels, or where the draws or the truth leave
+        the log's domain."""
+        hidden = np.asarray(mask) == 0
+        if truth is None or self.field_draws is None or not hidden.any():
+            return None
+        try:
+            return self.std_coverage(truth, hidden, log_offset)
+        except ValueError:
+            return None
+
     def summary(self) -> dict:
         """JSON-able summary: moments, diagnostics, cost (ESS per gradient and per minute)."""
         s = self.samples

@@ -57,6 +57,7 @@ from fieldflow.inference.coverage import (
     coverage_summary,
     fraction_touching_edge,
     hpd_touches_edge,
+    posterior_agreement,
 )
 from fieldflow.inference.emulator import PowerSpectrumEmulator, SummaryEmulator
 from fieldflow.inference.gaussian import fiducial_covariance, hartlap_factor
@@ -147,6 +148,7 @@ __all__ = [
     "hartlap_factor",
     "coverage_summary",
     "hpd_touches_edge",
+    "posterior_agreement",
     "fraction_touching_edge",
     "fom_comparison",
     "MIN_MAPS",

@@ -11,7 +11,9 @@ For each map, the grid posterior of (Omega_m, sigma_8) under
 * for lognormal maps, the exact likelihood, the best any method can do,
 
 summarised by :func:`fieldflow.inference.coverage.coverage_summary` (FoM = 1 / area of the 68%
-HPD region, coverage of the true theta by the 68% and 95% regions, bias). Checks (on the
+HPD region, coverage of the true theta by the 68% and 95% regions, bias); for lognormal maps
+also the flow's posteriors against the exact ones map by map (``flow_vs_exact_per_map``,
+:func:`fieldflow.inference.coverage.posterior_agreement`). Checks (on the
 test split): FoM(flow) > FoM(P(k)) in mean and median, |coverage_68 - 0.68| within two
 binomial sigma sqrt(0.68 * 0.32 / M), and for lognormal maps mean FoM(flow) >= 0.9 mean
 FoM(exact).
@@ -30,7 +32,11 @@ from fieldflow.inference.adjusted import (
     estimate_adjustment,
 )
 from fieldflow.inference.calibration import coverage_curve
-from fieldflow.inference.coverage import coverage_summary, fraction_touching_edge
+from fieldflow.inference.coverage import (
+    coverage_summary,
+    fraction_touching_edge,
+    posterior_agreement,
+)
 from fieldflow.inference.grid import ThetaGrid, clip_grid
 from fieldflow.inference.likelihoods import (
     exact_lognormal_posterior,
@@ -145,6 +151,12 @@ def _compare(
         for key in [k for k, v in res.items() if k.startswith("flow") and isinstance(v, dict)]:
             res[f"{key}_over_exact_fom_mean"] = res[key]["fom_mean"] / res["exact"]["fom_mean"]
         res["flow_over_exact_fom_median_per_map"] = float(np.median(ratio))
+        res["flow_vs_exact_per_map"] = posterior_agreement(
+            [f.mean for f in flow],
+            [f.std for f in flow],
+            [e.mean for e in exact],
+            [e.std for e in exact],
+        )
     # a P(k) posterior piled against the prior boundary can be tiny (emulator
     # extrapolation): the mean FoM is then dominated by a few maps, the median is robust
     res["power_spectrum"]["frac_hpd68_touching_prior_edge"] = fraction_touching_edge(ps_posts)

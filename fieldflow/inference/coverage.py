@@ -6,7 +6,10 @@ For posteriors p_1..M of maps simulated at theta_1..M:
 * the coverage of the q HPD region, c_q = (1/M) sum_m [theta_m in HPD_q(p_m)], which for a
   calibrated posterior is q within the binomial error sqrt(q (1 - q) / M);
 * the mean bias over the posterior standard deviation, (1/M) sum_m (mu_m - theta_m) / sigma_m,
-  per parameter (0 for an unbiased posterior, well below 1 for a useful one).
+  per parameter (0 for an unbiased posterior, well below 1 for a useful one);
+* against reference posteriors of the same maps (``posterior_agreement``), the shift of each
+  mean in reference standard deviations, |mu_m - mu_ref,m| / sigma_ref,m, and the ratio of the
+  standard deviations, sigma_m / sigma_ref,m.
 
 A region that reaches the boundary of the grid (the prior box) is cut by the prior: its
 FoM reflects the prior, not the data (``hpd_touches_edge``).
@@ -20,7 +23,13 @@ import numpy as np
 
 from fieldflow.inference.posterior import GridPosterior, contains, hpd_threshold
 
-__all__ = ["COVERAGE_MASSES", "coverage_summary", "hpd_touches_edge", "fraction_touching_edge"]
+__all__ = [
+    "COVERAGE_MASSES",
+    "coverage_summary",
+    "hpd_touches_edge",
+    "fraction_touching_edge",
+    "posterior_agreement",
+]
 
 COVERAGE_MASSES: tuple[float, float] = (0.68, 0.95)
 
@@ -81,3 +90,31 @@ def hpd_touches_edge(posterior: GridPosterior, mass: float = 0.68) -> bool:
 def fraction_touching_edge(posteriors: Sequence[GridPosterior], mass: float = 0.68) -> float:
     """Fraction of ``posteriors`` whose ``mass`` HPD region reaches the grid's boundary."""
     return float(np.mean([hpd_touches_edge(p, mass) for p in posteriors]))
+
+
+def posterior_agreement(mean, std, ref_mean, ref_std) -> dict:
+    """Per-map agreement of posteriors (means and standard deviations, (M, 2)) with reference
+    posteriors of the same maps: shift = |mu - mu_ref| / sigma_ref and ratio = sigma / sigma_ref
+    per parameter.
+
+    Returns ``theta_mean_shift_sigma_median`` and ``_max`` (over maps and parameters),
+    ``maps_means_within_0.2_sigma`` (the fraction of maps whose shifts are both <= 0.2),
+    ``theta_std_ratio_range`` [min, max] and ``maps_stds_within_10pct`` (|ratio - 1| <= 0.1
+    for both parameters).
+    """
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    ref_mean, ref_std = np.asarray(ref_mean, np.float64), np.asarray(ref_std, np.float64)
+    shapes = {a.shape for a in (mean, std, ref_mean, ref_std)}
+    if len(shapes) != 1 or mean.ndim != 2 or mean.shape[0] == 0:
+        raise ValueError(f"means and stds must share one shape (M >= 1, P), got {shapes}")
+    if not np.all(ref_std > 0):
+        raise ValueError("reference standard deviations must be > 0")
+    shift = np.abs(mean - ref_mean) / ref_std
+    ratio = std / ref_std
+    return {
+        "theta_mean_shift_sigma_median": float(np.median(shift)),
+        "theta_mean_shift_sigma_max": float(shift.max()),
+        "maps_means_within_0.2_sigma": float(np.mean(np.all(shift <= 0.2, axis=1))),
+        "theta_std_ratio_range": [float(ratio.min()), float(ratio.max())],
+        "maps_stds_within_10pct": float(np.mean(np.all(np.abs(ratio - 1) <= 0.1, axis=1))),
+    }
