@@ -77,13 +77,18 @@ class FieldLevelResult:
         inside = (truth >= lo) & (truth <= hi)
         return float(np.mean(inside if pixels is None else inside[np.asarray(pixels, bool)]))
 
-    def masked_coverage(self, truth, mask, level: float = 0.6827) -> float | None:
-        """:meth:`interval_coverage` of the masked pixels (``mask`` == 0); None without kept
-        draws, a truth or masked pixels."""
+    def _hidden_pixels(self, truth, mask) -> np.ndarray | None:
+        """The masked pixels (``mask`` == 0), or None without kept draws, a truth or any."""
         hidden = np.asarray(mask) == 0
         if truth is None or self.field_draws is None or not hidden.any():
             return None
-        return self.interval_coverage(truth, hidden, level)
+        return hidden
+
+    def masked_coverage(self, truth, mask, level: float = 0.6827) -> float | None:
+        """:meth:`interval_coverage` of the masked pixels (``mask`` == 0); None without kept
+        draws, a truth or masked pixels."""
+        hidden = self._hidden_pixels(truth, mask)
+        return None if hidden is None else self.interval_coverage(truth, hidden, level)
 
     def log_moments(self, log_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Per-pixel mean and std of u = ln(1 + log_offset + s) over the kept field draws:
@@ -119,8 +124,8 @@ class FieldLevelResult:
         """:meth:`std_coverage` in u = ln(1 + log_offset + s) of the masked pixels; None
         without kept draws, a truth or masked pixels, or where the draws or the truth leave
         the log's domain."""
-        hidden = np.asarray(mask) == 0
-        if truth is None or self.field_draws is None or not hidden.any():
+        hidden = self._hidden_pixels(truth, mask)
+        if hidden is None:
             return None
         try:
             return self.std_coverage(truth, hidden, log_offset)

@@ -57,6 +57,7 @@ from fieldflow.inference.coverage import (
     coverage_summary,
     fraction_touching_edge,
     hpd_touches_edge,
+    mean_shift_and_std_ratio,
     posterior_agreement,
 )
 from fieldflow.inference.emulator import PowerSpectrumEmulator, SummaryEmulator
@@ -148,6 +149,7 @@ __all__ = [
     "hartlap_factor",
     "coverage_summary",
     "hpd_touches_edge",
+    "mean_shift_and_std_ratio",
     "posterior_agreement",
     "fraction_touching_edge",
     "fom_comparison",

@@ -28,6 +28,7 @@ __all__ = [
     "coverage_summary",
     "hpd_touches_edge",
     "fraction_touching_edge",
+    "mean_shift_and_std_ratio",
     "posterior_agreement",
 ]
 
@@ -92,6 +93,15 @@ def fraction_touching_edge(posteriors: Sequence[GridPosterior], mass: float = 0.
     return float(np.mean([hpd_touches_edge(p, mass) for p in posteriors]))
 
 
+def mean_shift_and_std_ratio(mean, std, ref_mean, ref_std) -> tuple[np.ndarray, np.ndarray]:
+    """|mu - mu_ref| / sigma_ref and sigma / sigma_ref, elementwise (float64)."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    ref_mean, ref_std = np.asarray(ref_mean, np.float64), np.asarray(ref_std, np.float64)
+    if not np.all(ref_std > 0):
+        raise ValueError("reference standard deviations must be > 0")
+    return np.abs(mean - ref_mean) / ref_std, std / ref_std
+
+
 def posterior_agreement(mean, std, ref_mean, ref_std) -> dict:
     """Per-map agreement of posteriors (means and standard deviations, (M, 2)) with reference
     posteriors of the same maps: shift = |mu - mu_ref| / sigma_ref and ratio = sigma / sigma_ref
@@ -102,15 +112,10 @@ def posterior_agreement(mean, std, ref_mean, ref_std) -> dict:
     ``theta_std_ratio_range`` [min, max] and ``maps_stds_within_10pct`` (|ratio - 1| <= 0.1
     for both parameters).
     """
-    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-    ref_mean, ref_std = np.asarray(ref_mean, np.float64), np.asarray(ref_std, np.float64)
-    shapes = {a.shape for a in (mean, std, ref_mean, ref_std)}
-    if len(shapes) != 1 or mean.ndim != 2 or mean.shape[0] == 0:
+    shapes = {np.shape(a) for a in (mean, std, ref_mean, ref_std)}
+    if len(shapes) != 1 or len(np.shape(mean)) != 2 or len(mean) == 0:
         raise ValueError(f"means and stds must share one shape (M >= 1, P), got {shapes}")
-    if not np.all(ref_std > 0):
-        raise ValueError("reference standard deviations must be > 0")
-    shift = np.abs(mean - ref_mean) / ref_std
-    ratio = std / ref_std
+    shift, ratio = mean_shift_and_std_ratio(mean, std, ref_mean, ref_std)
     return {
         "theta_mean_shift_sigma_median": float(np.median(shift)),
         "theta_mean_shift_sigma_max": float(shift.max()),
