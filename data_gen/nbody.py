@@ -225,6 +225,15 @@ def particles_per_pixel(n: int, n_mesh: int, n_slabs: int = DEFAULT_N_SLABS) -> 
     return float(n_mesh) ** 3 / n_slabs / float(n) ** 2
 
 
+@jax.jit
+def _growth_factor(omega_m, sigma8, a):
+    """jax-cosmo's linear growth factor D(a) (D(1) = 1) for a (M,), compiled once: op by op,
+    its ODE solve compiles each of its many operations."""
+    import jax_cosmo as jc
+
+    return jc.background.growth_factor(make_cosmology(omega_m, sigma8), a)
+
+
 def expected_linear_map_power(theta, n_mesh: int, box: float, n_slabs: int, a: float) -> np.ndarray:
     """Expected P(k) of the mesh-resolution maps of a *linear* field at scale factor a.
 
@@ -236,8 +245,6 @@ def expected_linear_map_power(theta, n_mesh: int, box: float, n_slabs: int, a: f
     with k_m = 2 pi m / L the |m| <= n/2 modes of the mesh, n_z = n / n_slabs cells per
     slab, W_cic = prod_i sinc^2(k_i L / 2n). Returns (n, n//2+1) in (h^-1 Mpc)^2.
     """
-    import jax_cosmo as jc
-
     from data_gen.fourier import kgrid_half
 
     theta = np.asarray(prepare_theta(theta))[0]
@@ -256,5 +263,5 @@ def expected_linear_map_power(theta, n_mesh: int, box: float, n_slabs: int, a: f
     cell = box / n_mesh
     c = cell / (2 * np.pi)
     wcic = (np.sinc(kx[..., None] * c) * np.sinc(ky[..., None] * c) * np.sinc(kz * c)) ** 2
-    d = float(jc.background.growth_factor(make_cosmology(*theta), jnp.atleast_1d(a))[0])
+    d = float(_growth_factor(jnp.float32(theta[0]), jnp.float32(theta[1]), jnp.atleast_1d(a))[0])
     return d**2 / box * np.sum(pk * wcic**2 * ws, axis=-1)

@@ -130,14 +130,43 @@ class CheckpointStore:
         self.best.close()
 
 
+def _uncommitted(tree):
+    """``tree`` with its arrays on one device made uncommitted, like the arrays of a model
+    built in this process: orbax restores them committed to their device, and a jitted
+    function called with committed parameters and uncommitted other arguments (an
+    optimiser state built here, a batch) would compile twice, its outputs being committed.
+    Arrays over several devices or processes are left as they are."""
+    import numpy as np
+
+    def one(a):
+        if isinstance(a, jax.Array) and a.is_fully_addressable and len(a.devices()) == 1:
+            return jax.device_put(np.asarray(a))
+        return a
+
+    return jax.tree.map(one, tree)
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, args):
     try:
-        return manager.restore(step, args=args)
+        restored = manager.restore(step, args=args)
     except Exception as err:  # orbax raises many types for truncated or mismatched files
         raise ValueError(
             f"checkpoint {manager.directory}/{step} is truncated, corrupt or from another "
             f"model configuration: {type(err).__name__}: {str(err)[:300]}"
         ) from None
+    if jax.process_count() > 1:
+        return restored
+    return {k: v if k == "meta" else _uncommitted(v) for k, v in restored.items()}
+
+
+def _model_to_restore(desc: dict) -> nnx.Module:
+    """The model of ``desc`` to restore parameters into: its abstract structure (no
+    parameter initialised, nothing to compute or compile) where its construction can be
+    traced, else (a model that draws its structure from concrete random numbers) built."""
+    try:
+        return nnx.eval_shape(lambda: build_model(desc["model_type"], desc["config"]))
+    except jax.errors.JAXTypeError:
+        return build_model(desc["model_type"], desc["config"])
 
 
 def load(path: str | os.PathLike, which: str = "best") -> nnx.Module:
@@ -150,8 +179,7 @@ def load(path: str | os.PathLike, which: str = "best") -> nnx.Module:
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     run_dir = Path(path).absolute()
     desc = read_model_json(run_dir)
-    model = build_model(desc["model_type"], desc["config"])
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(_model_to_restore(desc), nnx.Param, ...)
     for sub in ("best", "checkpoints") if which == "best" else ("checkpoints",):
         if not (run_dir / sub).is_dir():
             continue

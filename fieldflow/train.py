@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -91,16 +92,29 @@ class TrainResult:
     wall_time_s: float
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam with linear warm-up and cosine decay, after global-norm gradient clipping."""
-    schedule = optax.warmup_cosine_decay_schedule(
+def _schedule(config: TrainConfig) -> optax.Schedule:
+    """The learning rate after a given number of updates: linear warm-up, cosine decay."""
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=config.learning_rate,
         warmup_steps=min(config.warmup_steps, max(config.steps - 1, 0)),
         decay_steps=max(config.steps, config.warmup_steps + 1),
         end_value=config.learning_rate * config.final_lr_fraction,
     )
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam with linear warm-up and cosine decay, after global-norm gradient clipping."""
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(_schedule(config)))
+
+
+def _optimizer_at(learning_rate, grad_clip) -> optax.GradientTransformation:
+    """:func:`make_optimizer` for one update whose learning rate (the schedule's value at
+    the state's count) and clipping are given as arrays: the same state and arithmetic, so
+    one compiled training step serves every schedule (see :func:`fit`)."""
+    return optax.chain(
+        optax.clip_by_global_norm(grad_clip), optax.adam(lambda count: learning_rate)
+    )
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable:
@@ -152,15 +166,33 @@ def make_train_step(
     return step
 
 
-def make_eval_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable:
-    """Jitted sum of NLL (nats) over a weighted, fixed-size chunk of maps."""
+def _shared_steps() -> tuple[Callable, Callable]:
+    """The jitted training step and NLL sum that every :func:`fit` of the process shares:
+    one compilation per model structure and batch shape, whatever the optimizer's settings
+    (the step takes the update's learning rate and the clipping as arguments)."""
 
-    @jax.jit
-    def nll_sum(params, x, cond, weight):
+    def step(graphdef, augment, rest, learning_rate, grad_clip, params, opt_state, x, cond, key):
+        if augment:
+            x = random_lattice_symmetry(key, x)
+        loss, grads = jax.value_and_grad(make_loss_fn(graphdef, rest))(params, x, cond)
+        optimizer = _optimizer_at(learning_rate, grad_clip)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def nll_sum(graphdef, rest, params, x, cond, weight):
         model = nnx.merge(graphdef, params, rest)
         return -jnp.sum(weight * model.log_prob(x, cond))
 
-    return nll_sum
+    return jax.jit(step, static_argnums=(0, 1)), jax.jit(nll_sum, static_argnums=0)
+
+
+_train_step, _nll_sum = _shared_steps()
+
+
+def make_eval_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable:
+    """Jitted sum of NLL (nats) over a weighted, fixed-size chunk of maps (one compilation
+    per model structure and chunk shape, shared by every call of the process)."""
+    return functools.partial(_nll_sum, graphdef, rest)
 
 
 def data_statistics(maps: np.ndarray) -> tuple[float, float]:
@@ -296,7 +328,16 @@ def fit(
     opt_state = optimizer.init(params)
     if replicated is not None:
         params, opt_state, rest = jax.device_put((params, opt_state, rest), replicated)
-    step_fn = make_train_step(graphdef, rest, optimizer, augment=config.augment)
+    # the schedule is compiled on its own (a scalar function of the update count, its
+    # constants folded as in make_optimizer's step: the same learning rates to the bit) and
+    # its value passed to the step compiled once for every optimiser configuration
+    schedule = jax.jit(_schedule(config))
+    augment, grad_clip = bool(config.augment), np.float32(config.grad_clip)
+
+    def step_fn(params, opt_state, x, cond, key, step):
+        lr = np.asarray(schedule(np.int32(step)))
+        return _train_step(graphdef, augment, rest, lr, grad_clip, params, opt_state, x, cond, key)
+
     eval_fn = make_eval_fn(graphdef, rest)
 
     history: dict[str, Any] = {"train": [], "eval": [], "config": dataclasses.asdict(config)}
@@ -359,7 +400,7 @@ def fit(
         idx = _batch_indices(train_maps.shape[0], config.batch_size, config.seed, step)
         cond = None if train_theta is None else put(train_theta, idx)
         key = jax.random.fold_in(base_key, step)
-        params, opt_state, loss = step_fn(params, opt_state, put(train_maps, idx), cond, key)
+        params, opt_state, loss = step_fn(params, opt_state, put(train_maps, idx), cond, key, step)
         step += 1
         if step % 10 == 0 or step == config.steps or step % config.eval_every == 0:
             loss = float(loss)

@@ -71,6 +71,9 @@ kw = dict(
     init_field=wiener,
     field_draws=10 if TINY else 100,
     progress=not TINY,
+    # tiny test settings: data coordinates, as the command-line example of the tests, whose
+    # compiled sampler of the same tiny run is then reused
+    coordinates="data" if TINY else "auto",
 )
 key = jax.random.key(2)
 with warnings.catch_warnings():

@@ -39,7 +39,12 @@ TINY_VALUES = {
 TINY_OPTIONS = {
     "generate": {"--n-sims": ["32"], "--n": ["16"]},
     "train": {**TINY_TRAIN_OPTIONS, "--channels": ["4"]},
-    "calibrate": {"--num": ["16"], "--out": ["out/calibration"], "--theta": CALIBRATION_THETA[1:]},
+    "calibrate": {
+        "--num": ["16"],
+        "--out": ["out/calibration"],
+        "--theta": CALIBRATION_THETA[1:],
+        "--grid": ["16"],  # test_calibrate_command's grid: its compilations are reused
+    },
     "sample": {"--num": ["8"]},
     "infer": {"--grid": ["50"], "--warmup": ["10"], "--samples": ["8"]},
     "denoise": {"--steps": ["3"]},

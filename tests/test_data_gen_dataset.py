@@ -10,7 +10,11 @@ import pytest
 from data_gen.__main__ import main
 from data_gen.dataset import design_theta, generate_dataset, read_shard
 
-KW = dict(n=8, box=64.0, shard_size=4, seed=3, n_fiducial=3)
+# n_fiducial = shard_size: a fiducial shard has the design shards' batch (one compile less)
+KW = dict(n=8, box=64.0, shard_size=4, seed=3, n_fiducial=4)
+# one worker: the grf / lognormal tests share the compiled simulators of these shapes
+# (marked per test: xdist joins the names of a module's and a test's groups)
+same_worker = pytest.mark.xdist_group("data_gen_dataset")
 
 
 class Killed(Exception):
@@ -22,6 +26,7 @@ def _files(d: Path) -> dict:
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in files}
 
 
+@same_worker
 def test_generate_contents(tmp_path):
     cfg = generate_dataset(tmp_path / "ds", "lognormal", 10, progress=False, **KW)
     d = tmp_path / "ds"
@@ -36,7 +41,7 @@ def test_generate_contents(tmp_path):
     th = np.concatenate([read_shard(p)["theta"] for p in sorted(d.glob("shard_*.npz"))])
     assert th[:, 0].min() >= 0.2 and th[:, 0].max() <= 0.5 and len(np.unique(th[:, 0])) == 10
     f = read_shard(d / "fiducial" / "shard_00000.npz")
-    np.testing.assert_allclose(f["theta"], [[0.3, 0.8]] * 3)
+    np.testing.assert_allclose(f["theta"], [[0.3, 0.8]] * 4)
     assert not np.array_equal(f["maps"][0], s["maps"][0])
 
 
@@ -48,6 +53,7 @@ def test_sobol_design_of_any_size_is_a_silent_reproducible_prefix():
     assert theta.shape == (10, 2) and not np.array_equal(theta, design_theta(10, seed=4))
 
 
+@same_worker
 def test_resume_after_kill_is_byte_identical(tmp_path):
     ref, part = tmp_path / "ref", tmp_path / "part"
     generate_dataset(ref, "grf", 10, progress=False, **KW)
@@ -68,6 +74,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     assert _files(part) == _files(ref)
 
 
+@same_worker
 def test_refuses_other_configuration_and_keeps_data(tmp_path):
     d = tmp_path / "ds"
     generate_dataset(d, "grf", 4, progress=False, **KW)
@@ -79,6 +86,7 @@ def test_refuses_other_configuration_and_keeps_data(tmp_path):
     assert _files(d) == before
 
 
+@same_worker
 def test_corrupt_shard_is_reported_not_overwritten(tmp_path):
     d = tmp_path / "ds"
     generate_dataset(d, "grf", 8, progress=False, **dict(KW, n_fiducial=0))
@@ -98,6 +106,7 @@ def test_bad_arguments(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.xdist_group("nbody")  # beside test_data_gen_nbody.py: one compiled simulator
 def test_nbody_dataset_and_cli(tmp_path):
     d = tmp_path / "pm"
     # 16^3 particles, 10 steps, 2 simulations per shard: the simulator that

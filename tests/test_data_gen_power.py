@@ -22,6 +22,14 @@ from fieldflow.fourier import (
     rfft_multiplicity,
 )
 
+# one worker: the tests share jax-cosmo's compiled P_3D and the tables of each grid
+pytestmark = pytest.mark.xdist_group("data_gen_power")
+# compiled once per grid instead of one eager compile per operation
+spectrum = jax.jit(power_spectrum, static_argnums=1)
+binned = jax.jit(power_2d_binned, static_argnums=(1, 2))
+grid_power = jax.jit(power_2d_grid, static_argnums=(1, 2, 3))
+pixel_power = jax.jit(pixel_power_grid, static_argnums=(1, 2))
+
 
 @pytest.mark.parametrize("theta", [(0.19, 0.8), (0.3, 1.2), (0.51, 0.4), (np.nan, 0.8)])
 def test_theta_out_of_range(theta):
@@ -45,7 +53,7 @@ def test_table_matches_direct_quadrature():
     """Interpolation between Omega_m nodes (midpoint, worst case) and in k: < 1e-3."""
     n, box, slab = 16, 128.0, 32.0
     theta = (0.30125, 0.83)  # halfway between two Omega_m nodes
-    grid = np.asarray(power_2d_grid(theta, n, box, slab))[0]
+    grid = np.asarray(grid_power(theta, n, box, slab))[0]
     k = kmag_half(n, box)
     direct = power_2d(k.ravel(), theta, slab)[0].reshape(k.shape)
     np.testing.assert_allclose(grid, direct, rtol=1e-3)
@@ -59,15 +67,15 @@ def test_thin_slab_limit_and_sigma8_scaling():
     k = np.array([0.3, 0.5])
     p2 = power_2d(k, (0.3, 0.8), slab)[0]
     np.testing.assert_allclose(p2 * slab, np.interp(k, kk, p3), rtol=0.02)
-    a = np.asarray(pixel_power_grid([[0.3, 0.5], [0.3, 1.0]], 8, 64.0))
+    a = np.asarray(pixel_power(np.float32([[0.3, 0.5], [0.3, 1.0]]), 8, 64.0))
     np.testing.assert_allclose(a[1] / a[0], 4.0, rtol=1e-5)
 
 
 def _check_measured(maps, theta, box, nsig=5.0):
     n = maps.shape[-1]
     edges = k_bin_edges(n, box)
-    pk = np.asarray(power_spectrum(maps, box)).mean(0)
-    ref = np.asarray(power_2d_binned(theta, n, box))[0]
+    pk = np.asarray(spectrum(maps, box)).mean(0)
+    ref = np.asarray(binned(np.float32(theta), n, box))[0]
     idx = bin_index_half(n, box, edges)
     w = rfft_multiplicity(n) * (idx >= 0)
     modes = np.array([w[idx == b].sum() for b in range(len(edges) - 1)])

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import perturb, rbg_rngs
+from conftest import perturb_numpy, rbg_rngs
 
 import data_gen
 from fieldflow import inference as inf
@@ -27,7 +27,7 @@ def gaussian_loglike(grid, mu, sig, rho):
 @pytest.fixture(scope="module")
 def tiny_flow():
     model = TRENF((8, 8), n_layers=2, n_psi_bins=4, hidden=(16,), rngs=rbg_rngs(0))
-    return perturb(model, seed=1, scale=0.1)
+    return perturb_numpy(model, seed=1, scale=0.1)  # numpy noise: nothing to compile
 
 
 def test_theta_grid_cells_tile_the_box():

@@ -36,12 +36,16 @@ def exact(x, theta):
     return lognormal_log_likelihood(x, theta, box=BOX)
 
 
+# jitted: the grid evaluations call them on hundreds of chunks (one compilation per shape,
+# not one dispatch per operation)
+@jax.jit
 def toy(x, th):
     """The exact log-likelihood of maps whose pixels are N(mu, sigma^2), theta = (mu, sigma)."""
     mu, sig = th[:, 0, None, None], th[:, 1, None, None]
     return jnp.sum(-((x - mu) ** 2) / (2 * sig**2) - jnp.log(sig), axis=(1, 2))
 
 
+@jax.jit
 def over(x, th):  # the toy likelihood x 4: posteriors 2x too narrow in every direction
     return 4.0 * toy(x, th)
 

@@ -35,8 +35,11 @@ def test_contrastive_loss_is_the_cross_entropy_over_the_batch_theta(grf_split):
     model = build_trenf(N, n_layers=1)
     x, t = maps[:5], theta[:5].astype(np.float32)
     post, nll = contrastive_posterior_loss(model.log_prob, x, t, 2)
-    ll = np.array([[float(model.log_prob(x[i : i + 1], t[j : j + 1])[0]) for j in range(5)]
-                   for i in range(5)])  # fmt: skip
+    # ll[i, (i + k) % 5] = log q(x_i | theta_{i+k}): the maps against the rolled theta, in
+    # batches of 5 (one compiled shape, the one the reload check below uses)
+    ll = np.empty((5, 5))
+    for k in range(5):
+        ll[np.arange(5), (np.arange(5) + k) % 5] = model.log_prob(x, np.roll(t, -k, axis=0))
     cand = [[(i + k) % 5 for k in range(3)] for i in range(5)]
     expected = -np.mean([ll[i, i] - logsumexp(ll[i, cand[i]]) for i in range(5)])
     np.testing.assert_allclose(float(post), expected, rtol=1e-4)
@@ -56,7 +59,7 @@ def test_fine_tuning_keeps_the_best_validation_loss_and_reloads(grf_split, tmp_p
         assert np.isfinite(row["val_posterior_loss"]) and row["val_posterior_loss"] > 0
         info = np.log(4) - row["val_posterior_loss"]
         assert row["information_nats"] == pytest.approx(info)
-    x, t = grf_split[1][0][:3], grf_split[1][1][:3]
+    x, t = grf_split[1][0][:5], grf_split[1][1][:5]  # 5: the shape compiled above
     path = save_run(model, tmp_path / "calibrated", report)
     np.testing.assert_allclose(load(path).log_prob(x, t), model.log_prob(x, t), rtol=1e-6)
     with pytest.raises(ValueError, match="already holds"):

@@ -152,11 +152,19 @@ def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tupl
         raise ValueError(f"{needed} does not exist: run `fieldflow calibrate` first")
     if hasattr(model, "check_support"):
         model.check_support(np.asarray(maps), "maps")
+    raw_only = which == "raw" or not (path.is_file() or score_path.is_file())
+    adjustment = score = None
+    if not raw_only:  # the calibration files (refused for another model) before any work
+        fp = inference.model_fingerprint(model)
+        if path.is_file():
+            adjustment = inference.CurvatureAdjustment.load(path, model=fp)
+        if score_path.is_file():
+            score = inference.SummaryLikelihood.load(score_path, model, model_fingerprint=fp)
     log_like = inference.flow_log_like_fn(model)
     raw_ll = inference.grid_log_likelihood(log_like, maps, grid, per_map=True, n=model.shape[0])
     name = {"trenf": "TRENF", "realnvp": "RealNVP"}.get(model.model_type, model.model_type)
     posteriors = {name: inference.posterior_from_loglike(raw_ll.sum(axis=0), grid)}
-    if which == "raw" or not (path.is_file() or score_path.is_file()):
+    if raw_only:
         if which == "auto":
             warnings.warn(
                 f"no {path}: the raw flow posterior's coverage is unchecked "
@@ -164,16 +172,13 @@ def flow_posteriors(model, calibration, maps, grid, which: str = "auto") -> tupl
                 stacklevel=2,
             )
         return posteriors, name
-    fp = inference.model_fingerprint(model)
-    names, adjustment = {}, None
-    if path.is_file():
-        adjustment = inference.CurvatureAdjustment.load(path, model=fp)
+    names = {}
+    if adjustment is not None:
         names["adjusted"] = f"{name} (curvature-adjusted)"
         posteriors[names["adjusted"]] = inference.adjusted_posteriors(
             log_like, maps, grid, adjustment, per_map=False, raw_loglike=raw_ll, n=model.shape[0]
         )
-    if score_path.is_file():
-        score = inference.SummaryLikelihood.load(score_path, model, model_fingerprint=fp)
+    if score is not None:
         names["score"] = f"{name} (score-compressed)"
         posteriors[names["score"]] = score.posterior(maps, grid)
     names["raw"] = name

@@ -155,7 +155,7 @@ def flow_latent_map(
         s0 = np.maximum(s0, floor)
     cond = check_batch_cond(cond, d_b.shape[0])
     z0 = jnp.asarray(forward(np.ascontiguousarray(s0, dtype=np.float32), cond)[0], jnp.float32)
-    if not bool(jnp.all(jnp.isfinite(z0))):
+    if not np.all(np.isfinite(np.asarray(z0))):  # numpy: no eager op to compile
         raise ValueError("the flow maps the starting field to a non-finite latent")
     return run_solver(
         LatentObjective(inverse),

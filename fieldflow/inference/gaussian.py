@@ -63,9 +63,12 @@ class DataVectorLogLike:
 
     def __init__(self, data_fn: Callable, of_data: Callable, data_vectors: Callable):
         self.data_fn, self.of_data, self.data_vectors = data_fn, of_data, data_vectors
+        # called on whole batches (grid evaluation): one compilation per shape, not one
+        # dispatch per operation
+        self._jitted = jax.jit(lambda x, theta: of_data(data_fn(x), theta))
 
     def __call__(self, x, theta):
-        return self.of_data(self.data_fn(jnp.asarray(x, jnp.float32)), theta)
+        return self._jitted(jnp.asarray(x, jnp.float32), theta)
 
 
 class GaussianLikelihood:

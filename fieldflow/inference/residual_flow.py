@@ -47,6 +47,7 @@ __all__ = ["ResidualFlow"]
 
 MAPS_PER_PARAMETER = 10  # residual components (maps x D) per fitted number
 N_BINS = 4  # spline bins of a residual flow, by default
+LOG_PROB_CHUNK = 2048  # residuals per call of log_prob (the last one padded): one shape
 
 
 def _student_logpdf(v, nu):
@@ -95,6 +96,18 @@ class ResidualFlow:
     @property
     def dim(self) -> int:
         return self.gaussian.dim
+
+    @property
+    def _key(self) -> tuple:
+        """What the compiled functions hold as constants (the rest, the parameters, are
+        arguments): equal keys share one compilation (fits, reloads, every call)."""
+        g = self.gaussian
+        return (
+            float(self.bound),
+            int(g.scale_degree),
+            int(g.corr_degree),
+            *(tuple(float(v) for v in a) for a in (g.unit, g.theta_low, g.theta_high)),
+        )
 
     def _jax_params(self) -> dict:
         g = self.gaussian
@@ -165,13 +178,18 @@ class ResidualFlow:
             raise ValueError(
                 f"r (..., {self.dim}) and theta (T, 2) expected, got {r.shape}, {t.shape}"
             )
-        t = np.broadcast_to(t, r.shape[:-1] + (2,))
-        flat = self._jitted(jnp.asarray(r.reshape(-1, self.dim)), t.reshape(-1, 2))
-        return np.asarray(flat, np.float64).reshape(r.shape[:-1])
-
-    @functools.cached_property
-    def _jitted(self) -> Callable:
-        return jax.jit(self.log_prob_fn())
+        t = np.broadcast_to(t, r.shape[:-1] + (2,)).reshape(-1, 2)
+        flat_r = r.reshape(-1, self.dim)
+        # one compiled shape for any number of residuals: chunks of LOG_PROB_CHUNK, the last
+        # padded by repeating the last residual
+        params, key, out, size = self._jax_params(), self._key, [], LOG_PROB_CHUNK
+        for i in range(0, len(flat_r), size):
+            idx = np.minimum(np.arange(i, i + size), len(flat_r) - 1)
+            out.append(_log_prob_jit(key, params, flat_r[idx], t[idx]))
+        if not out:
+            return np.zeros(r.shape[:-1])
+        flat = np.concatenate([np.asarray(o, np.float64) for o in out])[: len(flat_r)]
+        return flat.reshape(r.shape[:-1])
 
     def log_prob_fn(self) -> Callable:
         """log p(r | theta) as a jax function ``fn(r (B, D), theta (B, 2)) -> (B,)``, float32,
@@ -181,17 +199,8 @@ class ResidualFlow:
 
     def sample(self, key: jax.Array, theta, n: int) -> np.ndarray:
         """n residuals drawn at each theta (T, 2): (T, n, D) (the splines inverted exactly)."""
-        params = self._jax_params()
         t = jnp.asarray(np.atleast_2d(theta), jnp.float32)
-
-        @jax.jit
-        def draw(params, key, t):
-            t = jnp.broadcast_to(t[:, None, :], (len(t), n, 2))
-            nu = self._nu(params, self._theta_unit(t))[..., None]
-            v = jax.random.t(key, nu, (len(t), n, self.dim))
-            return self._untransform(params, v, t)
-
-        return np.asarray(draw(params, key, t), np.float64)
+        return np.asarray(_draw_jit(self._key, int(n), self._jax_params(), key, t), np.float64)
 
     def covariance(self, theta, n: int = 20000) -> np.ndarray:
         """Cov(r | theta) (T, D, D), from ``n`` draws per theta (a fixed seed)."""
@@ -265,31 +274,25 @@ class ResidualFlow:
 
         theta_rows = np.zeros((1, d + 2, 1), np.float32)
         theta_rows[:, :2] = 1.0
-
-        def loss(free, r, t, penalise=True):
-            if frozen:
-                free = {**free, "weights": free["weights"] * (1.0 - theta_rows)}
-            value = -jnp.mean(proto._log_prob({**fixed, **free}, r, t))
-            if penalise and theta_penalty > 0 and not frozen:
-                value = value + theta_penalty * jnp.sum((free["weights"] * theta_rows) ** 2)
-            return value
-
-        optimiser = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
-
-        @jax.jit
-        def step(free, state):
-            value, grad = jax.value_and_grad(loss)(free, r[fit_mask], t[fit_mask])
-            updates, state = optimiser.update(grad, state, free)
-            return optax.apply_updates(free, updates), state, value
-
-        held_loss = jax.jit(lambda free: loss(free, r[held], t[held], penalise=False))
-        state = optimiser.init(free)
-        start = best = float(held_loss(free))
+        # the theta weights are zeroed (frozen) or penalised: arguments, not constants, so
+        # that one compiled step serves every fit of the same sizes
+        keep = 1.0 - theta_rows if frozen else np.ones_like(theta_rows)
+        penalty = np.float32(theta_penalty if theta_penalty > 0 and not frozen else 0.0)
+        # the cosine-decayed learning rate of each step, computed as optax computes it
+        schedule = optax.cosine_decay_schedule(learning_rate, steps)
+        rates = np.asarray(jax.jit(schedule)(jnp.arange(steps, dtype=jnp.int32)))
+        fit_data = (keep, theta_rows, r[fit_mask], t[fit_mask])
+        held_data = (keep, theta_rows, r[held], t[held])
+        key = proto._key
+        state = _adam(rates[0]).init(free)
+        start = best = float(_held_loss_jit(key, free, fixed, *held_data))
         kept, best_step = free, 0
         for i in range(1, steps + 1):
-            free, state, _ = step(free, state)
+            free, state, _ = _fit_step_jit(
+                key, free, state, fixed, penalty, rates[i - 1], *fit_data
+            )
             if i % 50 == 0 or i == steps:
-                value = float(held_loss(free))
+                value = float(_held_loss_jit(key, free, fixed, *held_data))
                 if value < best:
                     best, kept, best_step = value, free, i
         report = {
@@ -334,6 +337,64 @@ class ResidualFlow:
             float(d["bound"]),
             d.get("fit_report", {}),
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton(key: tuple) -> ResidualFlow:
+    """A residual flow of ``ResidualFlow._key`` ``key`` without parameters: its methods,
+    given the parameters (``_jax_params``), are those of every flow of that key."""
+    bound, scale_degree, corr_degree, unit, low, high = key
+    gaussian = ResidualModel(
+        np.asarray(unit, np.float64), None, None, scale_degree, corr_degree, None,
+        np.asarray(low, np.float64), np.asarray(high, np.float64),
+    )  # fmt: skip
+    return ResidualFlow(gaussian, None, None, bound)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _log_prob_jit(key, params, r, theta):
+    return _skeleton(key)._log_prob(params, r, theta)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _draw_jit(key, n, params, rng, t):
+    flow = _skeleton(key)
+    t = jnp.broadcast_to(t[:, None, :], (len(t), n, 2))
+    nu = flow._nu(params, flow._theta_unit(t))[..., None]
+    v = jax.random.t(rng, nu, (len(t), n, flow.dim))
+    return flow._untransform(params, v, t)
+
+
+def _adam(rate):
+    """Adam (optax's) at the learning rate ``rate`` of this step (traced)."""
+    import optax
+
+    return optax.adam(lambda count: rate)
+
+
+def _fit_loss(key, free, fixed, keep, theta_rows, r, t, penalty=None):
+    """Mean negative log-likelihood of a fit (its theta weights times ``keep``) plus
+    ``penalty`` times the sum of squares of the theta weights."""
+    free = {**free, "weights": free["weights"] * keep}
+    value = -jnp.mean(_skeleton(key)._log_prob({**fixed, **free}, r, t))
+    if penalty is not None:
+        value = value + penalty * jnp.sum((free["weights"] * theta_rows) ** 2)
+    return value
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _fit_step_jit(key, free, state, fixed, penalty, rate, keep, theta_rows, r, t):
+    import optax
+
+    loss = functools.partial(_fit_loss, key, fixed=fixed, keep=keep, theta_rows=theta_rows)
+    value, grad = jax.value_and_grad(loss)(free, r=r, t=t, penalty=penalty)
+    updates, state = _adam(rate).update(grad, state, free)
+    return optax.apply_updates(free, updates), state, value
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _held_loss_jit(key, free, fixed, keep, theta_rows, r, t):
+    return _fit_loss(key, free, fixed, keep, theta_rows, r, t)
 
 
 def residual_model_from_json(d: dict) -> ResidualModel | ResidualFlow:

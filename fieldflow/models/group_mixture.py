@@ -33,25 +33,41 @@ __all__ = [
 ]
 
 
+def _array_module(x):
+    """numpy for a numpy array (a permutation on the host: exact, and nothing to compile,
+    where each eager jnp roll or rotation compiles once per shift and shape), else jnp."""
+    return np if isinstance(x, np.ndarray) else jnp
+
+
+def _on_host(x):
+    """A concrete map batch as a float32 numpy array; a traced one as a float32 jnp array."""
+    if isinstance(x, jax.core.Tracer):
+        return jnp.asarray(x, jnp.float32)
+    return np.asarray(x, np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class LatticeSymmetry:
-    """x -> roll(rot90(transpose?(x), k), shift) on the last two axes of (B, N, N) maps."""
+    """x -> roll(rot90(transpose?(x), k), shift) on the last two axes of (B, N, N) maps
+    (numpy maps stay numpy, others become jnp arrays)."""
 
     shift: tuple[int, int] = (0, 0)
     quarter_turns: int = 0
     transpose: bool = False
 
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        y = jnp.swapaxes(x, -1, -2) if self.transpose else x
-        return jnp.roll(jnp.rot90(y, self.quarter_turns, axes=(-2, -1)), self.shift, axis=(-2, -1))
+    def __call__(self, x):
+        xp = _array_module(x)
+        y = xp.swapaxes(x, -1, -2) if self.transpose else x
+        return xp.roll(xp.rot90(y, self.quarter_turns, axes=(-2, -1)), self.shift, axis=(-2, -1))
 
-    def inverse(self, x: jnp.ndarray) -> jnp.ndarray:
-        y = jnp.rot90(
-            jnp.roll(x, (-self.shift[0], -self.shift[1]), axis=(-2, -1)),
+    def inverse(self, x):
+        xp = _array_module(x)
+        y = xp.rot90(
+            xp.roll(x, (-self.shift[0], -self.shift[1]), axis=(-2, -1)),
             -self.quarter_turns,
             axes=(-2, -1),
         )
-        return jnp.swapaxes(y, -1, -2) if self.transpose else y
+        return xp.swapaxes(y, -1, -2) if self.transpose else y
 
 
 def coset_representatives(model) -> list[LatticeSymmetry]:
@@ -73,7 +89,7 @@ def group_mixture_log_prob(model, x, cond=None, elements=None) -> jnp.ndarray:
     """log p_G(x | cond) = logsumexp_r log p(r x | cond) - log |R|, shape (B,), for maps x
     (B, N, N); ``elements`` defaults to :func:`coset_representatives` of ``model``."""
     elements = coset_representatives(model) if elements is None else list(elements)
-    x = jnp.asarray(x, jnp.float32)
+    x = _on_host(x)  # the elements permute concrete maps on the host
     lps = jnp.stack([model.log_prob(r(x), cond) for r in elements])
     return jax.nn.logsumexp(lps, axis=0) - np.log(len(elements))
 
@@ -85,5 +101,8 @@ def group_mixture_sample(model, key: jax.Array, cond, elements=None) -> jnp.ndar
     k_sample, k_pick = jax.random.split(key)
     x = model.sample(k_sample, cond)
     pick = jax.random.randint(k_pick, (x.shape[0],), 0, len(elements))
-    moved = jnp.stack([r.inverse(x) for r in elements])  # (|R|, B, N, N)
-    return moved[pick, jnp.arange(x.shape[0])]
+    x = _on_host(x)
+    xp = _array_module(x)
+    pick = xp.asarray(pick)
+    moved = xp.stack([r.inverse(x) for r in elements])  # (|R|, B, N, N)
+    return jnp.asarray(moved[pick, xp.arange(x.shape[0])])
