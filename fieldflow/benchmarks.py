@@ -70,16 +70,17 @@ def bench_size(n: int, batch: int, n_layers: int, hidden: tuple[int, ...], repea
     fft_pair = jax.jit(lambda v: jnp.fft.irfft2(jnp.fft.rfft2(v), s=(n, n)))
     log_prob = jax.jit(lambda p, v, c: nnx.merge(graphdef, p, rest).log_prob(v, c))
     sample = jax.jit(lambda p, k, c: nnx.merge(graphdef, p, rest).sample(k, c))
-    optimizer = make_optimizer(TrainConfig(steps=1000))
-    train_step = make_train_step(graphdef, rest, optimizer)
-    opt_state = optimizer.init(params)
+    config = TrainConfig(steps=1000)
+    train_step = make_train_step(graphdef, rest, config)
+    opt_state = make_optimizer(config).init(params)
+    rate = np.float32(config.learning_rate)
 
     t = timeit(
         {
             "fft": (fft_pair, (x,)),
             "log_prob": (log_prob, (params, x, cond)),
             "sample": (sample, (params, key, cond)),
-            "train": (train_step, (params, opt_state, x, cond, key)),
+            "train": (train_step, (params, opt_state, x, cond, key, rate)),
         },
         repeats=repeats,
     )
@@ -213,14 +214,15 @@ def sharded_training_rate(
     opt_state = optimizer.init(params)
     if replicated is not None:
         params, opt_state, rest = jax.device_put((params, opt_state, rest), replicated)
-    step = make_train_step(graphdef, rest, optimizer)
+    step = make_train_step(graphdef, rest, config)
+    rate = np.float32(config.learning_rate)
     key = jax.random.key(0)
 
     def run(i, params, opt_state):
         idx = np.arange(i * batch, (i + 1) * batch) % len(maps)
         x = distributed.put_rows(maps, idx, batch_sharding)
         c = distributed.put_rows(theta, idx, batch_sharding)
-        return step(params, opt_state, x, c, jax.random.fold_in(key, i))
+        return step(params, opt_state, x, c, jax.random.fold_in(key, i), rate)
 
     t0 = time.perf_counter()
     for i in range(2):

@@ -39,6 +39,8 @@ __all__ = [
     "make_optimizer",
     "make_loss_fn",
     "make_train_step",
+    "adam_at",
+    "learning_rates",
     "random_lattice_symmetry",
     "data_statistics",
     "nll_per_pixel",
@@ -108,13 +110,17 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(_schedule(config)))
 
 
-def _optimizer_at(learning_rate, grad_clip) -> optax.GradientTransformation:
-    """:func:`make_optimizer` for one update whose learning rate (the schedule's value at
-    the state's count) and clipping are given as arrays: the same state and arithmetic, so
-    one compiled training step serves every schedule (see :func:`fit`)."""
-    return optax.chain(
-        optax.clip_by_global_norm(grad_clip), optax.adam(lambda count: learning_rate)
-    )
+def adam_at(learning_rate) -> optax.GradientTransformation:
+    """optax Adam whose every update uses ``learning_rate`` (an array, e.g. the value of
+    a schedule at this step): its state and arithmetic are those of ``optax.adam(schedule)``,
+    so one compiled update serves every schedule when the rate is passed in."""
+    return optax.adam(lambda count: learning_rate)
+
+
+def learning_rates(schedule: optax.Schedule, steps: int) -> np.ndarray:
+    """The schedule's value at updates 0 .. steps - 1 (float32), computed once by a jitted
+    schedule: the learning rates a jitted ``optax.adam(schedule)`` would use, to the bit."""
+    return np.asarray(jax.jit(schedule)(jnp.arange(steps, dtype=jnp.int32)), np.float32)
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable:
@@ -146,47 +152,35 @@ def random_lattice_symmetry(key: jax.Array, x: jnp.ndarray) -> jnp.ndarray:
     return jax.vmap(one)(jax.random.split(key, x.shape[0]), x)
 
 
-def make_train_step(
-    graphdef: nnx.GraphDef,
-    rest: nnx.State,
-    optimizer: optax.GradientTransformation,
-    augment: bool = False,
-) -> Callable:
-    """Jitted step(params, opt_state, x, cond, key) -> (params, opt_state, loss)."""
-    loss_fn = make_loss_fn(graphdef, rest)
-
-    @jax.jit
-    def step(params, opt_state, x, cond, key):
-        if augment:
-            x = random_lattice_symmetry(key, x)
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, cond)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
+def _train_step_fn(graphdef, augment, rest, grad_clip, params, opt_state, x, cond, key, rate):
+    if augment:
+        x = random_lattice_symmetry(key, x)
+    loss, grads = jax.value_and_grad(make_loss_fn(graphdef, rest))(params, x, cond)
+    optimizer = optax.chain(optax.clip_by_global_norm(grad_clip), adam_at(rate))
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
-def _shared_steps() -> tuple[Callable, Callable]:
-    """The jitted training step and NLL sum that every :func:`fit` of the process shares:
-    one compilation per model structure and batch shape, whatever the optimizer's settings
-    (the step takes the update's learning rate and the clipping as arguments)."""
-
-    def step(graphdef, augment, rest, learning_rate, grad_clip, params, opt_state, x, cond, key):
-        if augment:
-            x = random_lattice_symmetry(key, x)
-        loss, grads = jax.value_and_grad(make_loss_fn(graphdef, rest))(params, x, cond)
-        optimizer = _optimizer_at(learning_rate, grad_clip)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    def nll_sum(graphdef, rest, params, x, cond, weight):
-        model = nnx.merge(graphdef, params, rest)
-        return -jnp.sum(weight * model.log_prob(x, cond))
-
-    return jax.jit(step, static_argnums=(0, 1)), jax.jit(nll_sum, static_argnums=0)
+def _nll_sum_fn(graphdef, rest, params, x, cond, weight):
+    model = nnx.merge(graphdef, params, rest)
+    return -jnp.sum(weight * model.log_prob(x, cond))
 
 
-_train_step, _nll_sum = _shared_steps()
+# compiled once per model structure and batch shape for the whole process, whatever the
+# optimiser's settings: the learning rate and the clipping are arguments
+_train_step = jax.jit(_train_step_fn, static_argnums=(0, 1))
+_nll_sum = jax.jit(_nll_sum_fn, static_argnums=0)
+
+
+def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, config: TrainConfig) -> Callable:
+    """Jitted step(params, opt_state, x, cond, key, learning_rate) -> (params, opt_state,
+    loss): one update of ``make_optimizer(config)`` (whose ``init`` gives ``opt_state``),
+    at the learning rate given (the schedule's value at this step, see
+    :func:`learning_rates`). Every step of the process with the same model structure and
+    batch shape shares one compilation."""
+    return functools.partial(
+        _train_step, graphdef, bool(config.augment), rest, np.float32(config.grad_clip)
+    )
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable:
@@ -328,15 +322,8 @@ def fit(
     opt_state = optimizer.init(params)
     if replicated is not None:
         params, opt_state, rest = jax.device_put((params, opt_state, rest), replicated)
-    # the schedule is compiled on its own (a scalar function of the update count, its
-    # constants folded as in make_optimizer's step: the same learning rates to the bit) and
-    # its value passed to the step compiled once for every optimiser configuration
-    schedule = jax.jit(_schedule(config))
-    augment, grad_clip = bool(config.augment), np.float32(config.grad_clip)
-
-    def step_fn(params, opt_state, x, cond, key, step):
-        lr = np.asarray(schedule(np.int32(step)))
-        return _train_step(graphdef, augment, rest, lr, grad_clip, params, opt_state, x, cond, key)
+    step_fn = make_train_step(graphdef, rest, config)
+    rates = learning_rates(_schedule(config), config.steps)
 
     eval_fn = make_eval_fn(graphdef, rest)
 
@@ -400,7 +387,8 @@ def fit(
         idx = _batch_indices(train_maps.shape[0], config.batch_size, config.seed, step)
         cond = None if train_theta is None else put(train_theta, idx)
         key = jax.random.fold_in(base_key, step)
-        params, opt_state, loss = step_fn(params, opt_state, put(train_maps, idx), cond, key, step)
+        x = put(train_maps, idx)
+        params, opt_state, loss = step_fn(params, opt_state, x, cond, key, rates[step])
         step += 1
         if step % 10 == 0 or step == config.steps or step % config.eval_every == 0:
             loss = float(loss)

@@ -241,6 +241,8 @@ class ResidualFlow:
         """
         import optax
 
+        from fieldflow.train import adam_at, learning_rates
+
         r = np.asarray(residuals, np.float32)
         t = np.asarray(theta, np.float32)
         if r.ndim != 2 or r.shape[1] != gaussian.dim or t.shape != (len(r), 2):
@@ -279,12 +281,11 @@ class ResidualFlow:
         keep = 1.0 - theta_rows if frozen else np.ones_like(theta_rows)
         penalty = np.float32(theta_penalty if theta_penalty > 0 and not frozen else 0.0)
         # the cosine-decayed learning rate of each step, computed as optax computes it
-        schedule = optax.cosine_decay_schedule(learning_rate, steps)
-        rates = np.asarray(jax.jit(schedule)(jnp.arange(steps, dtype=jnp.int32)))
+        rates = learning_rates(optax.cosine_decay_schedule(learning_rate, steps), steps)
         fit_data = (keep, theta_rows, r[fit_mask], t[fit_mask])
         held_data = (keep, theta_rows, r[held], t[held])
         key = proto._key
-        state = _adam(rates[0]).init(free)
+        state = adam_at(rates[0]).init(free)
         start = best = float(_held_loss_jit(key, free, fixed, *held_data))
         kept, best_step = free, 0
         for i in range(1, steps + 1):
@@ -365,13 +366,6 @@ def _draw_jit(key, n, params, rng, t):
     return flow._untransform(params, v, t)
 
 
-def _adam(rate):
-    """Adam (optax's) at the learning rate ``rate`` of this step (traced)."""
-    import optax
-
-    return optax.adam(lambda count: rate)
-
-
 def _fit_loss(key, free, fixed, keep, theta_rows, r, t, penalty=None):
     """Mean negative log-likelihood of a fit (its theta weights times ``keep``) plus
     ``penalty`` times the sum of squares of the theta weights."""
@@ -386,9 +380,11 @@ def _fit_loss(key, free, fixed, keep, theta_rows, r, t, penalty=None):
 def _fit_step_jit(key, free, state, fixed, penalty, rate, keep, theta_rows, r, t):
     import optax
 
+    from fieldflow.train import adam_at
+
     loss = functools.partial(_fit_loss, key, fixed=fixed, keep=keep, theta_rows=theta_rows)
     value, grad = jax.value_and_grad(loss)(free, r=r, t=t, penalty=penalty)
-    updates, state = _adam(rate).update(grad, state, free)
+    updates, state = adam_at(rate).update(grad, state, free)
     return optax.apply_updates(free, updates), state, value
 
 
