@@ -420,3 +420,49 @@ def test_benchmark_monte_carlo_errors_shrink_with_the_chains_effective_size():
     np.testing.assert_allclose(shift, np.sqrt(2 / 100), rtol=1e-12)  # both means' errors
     np.testing.assert_allclose(ratio, np.sqrt(1 / 100), rtol=1e-12)  # both stds' errors
     assert 0.25 - 2 * shift[0] < 0.2 < 0.25 - 2 * mc_errors(row(1e4))[0][0]
+
+
+def test_credible_mass_of_draws_is_uniform_for_a_calibrated_posterior_and_respects_the_prior():
+    from fieldflow.field_level import FieldLevelResult
+    from fieldflow.field_level.benchmark import _hpd_coverage
+    from fieldflow.field_level.results import sample_credible_mass
+
+    rng = np.random.default_rng(0)
+    chol = np.array([[1.0, 0.0], [0.8, 0.6]])  # correlated, like Omega_m and sigma_8
+    masses = []
+    for _ in range(300):  # truth and draws from the same posterior: c(truth) uniform
+        mu = rng.normal(size=2)
+        draws = mu + rng.normal(size=(500, 2)) @ chol.T
+        masses.append(sample_credible_mass(draws, mu + chol @ rng.normal(size=2)))
+    masses = np.array(masses)
+    assert abs(np.mean(masses <= 0.6827) - 0.6827) < 0.08  # 3 binomial standard errors
+    assert abs(np.mean(masses <= 0.95) - 0.95) < 0.04
+    # a posterior cut by the prior at Omega_m = 0: at the edge, at radius 1.1 (true mass 0.45),
+    # the reflected estimate is right; without the prior's edges the density there is halved
+    for seed in range(3):
+        r = np.random.default_rng(seed).normal(size=(6000, 2))
+        draws = r[r[:, 0] > 0][:1000]
+        true = np.mean((draws**2).sum(1) < 1.1**2)
+        box = ((0.0, 10.0), (-10.0, 10.0))
+        with_box = sample_credible_mass(draws, [0.0, 1.1], box)
+        assert abs(with_box - true) < 0.12
+        assert sample_credible_mass(draws, [0.0, 1.1]) > with_box + 0.15
+    stub = dict.fromkeys(f.name for f in dataclasses.fields(FieldLevelResult))
+    result = FieldLevelResult(**{**stub, "theta": draws[None]})
+    assert result.credible_mass_at([0.0, 1.1], box) == with_box
+    rows = [
+        {"flow_credible_mass": m, "exact_credible_mass": m, "flow_inside_68_gaussian": True}
+        for m in (0.1, 0.7, 0.97)
+    ]
+    for row in rows:
+        row["exact_inside_68_gaussian"] = True
+    summary = _hpd_coverage(rows)
+    assert summary["coverage68_flow"] == 1 / 3 and summary["coverage95_flow"] == 2 / 3
+    assert summary["coverage68_gaussian_flow"] == 1.0
+    old_rows = [{"flow_inside_68": True, "exact_inside_68": False}]  # before the masses
+    assert _hpd_coverage(old_rows) == {
+        "coverage68_gaussian_flow": 1.0,
+        "coverage68_gaussian_exact": 0.0,
+    }
+    with pytest.raises(ValueError, match="samples must be finite"):
+        sample_credible_mass(np.full((100, 2), np.nan), [0.0, 0.0])
