@@ -451,11 +451,14 @@ def test_credible_mass_of_draws_is_uniform_for_a_calibrated_posterior_and_respec
     result = FieldLevelResult(**{**stub, "theta": draws[None]})
     assert result.credible_mass_at([0.0, 1.1], box) == with_box
     rows = [
-        {"flow_credible_mass": m, "exact_credible_mass": m, "flow_inside_68_gaussian": True}
+        {
+            "flow_credible_mass": m,
+            "exact_credible_mass": m,
+            "flow_inside_68_gaussian": True,
+            "exact_inside_68_gaussian": True,
+        }
         for m in (0.1, 0.7, 0.97)
     ]
-    for row in rows:
-        row["exact_inside_68_gaussian"] = True
     summary = _hpd_coverage(rows)
     assert summary["coverage68_flow"] == 1 / 3 and summary["coverage95_flow"] == 2 / 3
     assert summary["coverage68_gaussian_flow"] == 1.0

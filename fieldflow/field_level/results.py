@@ -36,20 +36,13 @@ def sample_credible_mass(samples, theta, box=None, max_draws: int = 2000) -> flo
     if s.ndim != 2 or s.shape[1] != 2 or len(s) < 10 or not np.all(np.isfinite(s)):
         raise ValueError(f"samples must be finite (S >= 10, 2), got shape {s.shape}")
     s = s[:: max(1, -(-len(s) // max_draws))]
-    centres = [s]
+    # the draws and, with a box, their mirror images in each edge, one axis at a time
+    xs, ys = [s[:, 0]], [s[:, 1]]
     if box is not None:
-        lo, hi = np.asarray(box, np.float64).T
-        images = [(None, 2 * lo, 2 * hi)[k] for k in range(3)]
-        centres = []
-        for i in range(3):
-            for j in range(3):
-                c = s.copy()
-                if images[i] is not None:
-                    c[:, 0] = images[i][0] - c[:, 0]
-                if images[j] is not None:
-                    c[:, 1] = images[j][1] - c[:, 1]
-                centres.append(c)
-    centres = np.concatenate(centres)
+        (om_lo, om_hi), (s8_lo, s8_hi) = np.asarray(box, np.float64)
+        xs += [2 * om_lo - s[:, 0], 2 * om_hi - s[:, 0]]
+        ys += [2 * s8_lo - s[:, 1], 2 * s8_hi - s[:, 1]]
+    centres = np.concatenate([np.stack([x, y], axis=1) for x in xs for y in ys])
     bandwidth = np.cov(s.T) * len(s) ** (-2.0 / 6.0)  # Scott's factor n^(-1/(d + 4)), d = 2
     whiten = np.linalg.inv(np.linalg.cholesky(bandwidth))
     c_w = centres @ whiten.T
