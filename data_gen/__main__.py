@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data_gen.cosmology import add_prior_box_arguments
 from data_gen.dataset import SIMULATORS, generate_dataset, generate_options, verify_dataset
 from data_gen.power import DEFAULT_BOX, DEFAULT_N
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=10, help="nbody: KDK steps")
     p.add_argument("--a-init", type=float, default=0.1, help="nbody: 2LPT scale factor")
     p.add_argument("--n-slabs", type=int, default=4, help="nbody: slabs per simulation")
+    add_prior_box_arguments(p)
     p.add_argument("--worker", type=int, default=0, help="this worker's index (0..N-1)")
     p.add_argument("--workers", type=int, default=1, help="N: workers sharing the data set")
     p.add_argument("--no-progress", action="store_true")

@@ -45,7 +45,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from data_gen.cosmology import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE, check_grid
+from data_gen.cosmology import (
+    FIDUCIAL_THETA,
+    OMEGA_M_RANGE,
+    SIGMA8_RANGE,
+    check_grid,
+    check_theta_box,
+)
 from data_gen.power import DEFAULT_BOX, DEFAULT_N, resolve_slab
 from data_gen.shards import read_shard, write_shard
 
@@ -54,6 +60,7 @@ __all__ = [
     "FORMAT_VERSION",
     "make_config",
     "design_theta",
+    "theta_box",
     "sim_seeds",
     "simulate",
     "generate_dataset",
@@ -83,8 +90,15 @@ def make_config(
     n_steps: int = 10,
     a_init: float = 0.1,
     n_slabs: int = 4,
+    omega_m_range=OMEGA_M_RANGE,
+    sigma8_range=SIGMA8_RANGE,
 ) -> dict:
-    """Validated configuration dict (the content of ``manifest.json``)."""
+    """Validated configuration dict (the content of ``manifest.json``).
+
+    ``omega_m_range`` x ``sigma8_range`` is the prior box the theta design covers (and the
+    data set's models are trained on); it must lie in the simulators' supported range and
+    hold the fiducial theta (:func:`data_gen.cosmology.check_theta_box`).
+    """
     from data_gen import __version__
 
     if simulator not in SIMULATORS:
@@ -100,6 +114,7 @@ def make_config(
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     if design not in ("sobol", "lhs"):
         raise ValueError(f"design must be 'sobol' or 'lhs', got {design!r}")
+    omega_m_range, sigma8_range = check_theta_box(omega_m_range, sigma8_range)
     cfg = {
         "format_version": FORMAT_VERSION,
         "version": __version__,
@@ -112,8 +127,8 @@ def make_config(
         "design": design,
         "n_fiducial": int(n_fiducial),
         "fiducial_theta": list(FIDUCIAL_THETA),
-        "omega_m_range": list(OMEGA_M_RANGE),
-        "sigma8_range": list(SIGMA8_RANGE),
+        "omega_m_range": omega_m_range,
+        "sigma8_range": sigma8_range,
     }
     if simulator == "nbody":
         from data_gen.nbody import _check_nbody_args, default_mesh, particles_per_pixel
@@ -137,8 +152,24 @@ def make_config(
     return cfg
 
 
-def design_theta(n_sims: int, seed: int = 0, design: str = "sobol") -> np.ndarray:
-    """(n_sims, 2) float32 theta covering the prior box: scrambled Sobol or Latin hypercube.
+def theta_box(cfg: dict | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The prior box ((om_lo, om_hi), (s8_lo, s8_hi)) of a data set's configuration
+    (``manifest.json``); the default box for ``None`` or a manifest without one."""
+    cfg = cfg or {}
+    om = cfg.get("omega_m_range", OMEGA_M_RANGE)
+    s8 = cfg.get("sigma8_range", SIGMA8_RANGE)
+    return (float(om[0]), float(om[1])), (float(s8[0]), float(s8[1]))
+
+
+def design_theta(
+    n_sims: int,
+    seed: int = 0,
+    design: str = "sobol",
+    omega_m_range=OMEGA_M_RANGE,
+    sigma8_range=SIGMA8_RANGE,
+) -> np.ndarray:
+    """(n_sims, 2) float32 theta covering the prior box ``omega_m_range`` x ``sigma8_range``:
+    scrambled Sobol or Latin hypercube.
 
     Sobol: the first ``n_sims`` points of the scrambled sequence. scipy's warning that only
     a power of 2 keeps its balance properties is silenced: any prefix still covers the box
@@ -156,8 +187,8 @@ def design_theta(n_sims: int, seed: int = 0, design: str = "sobol") -> np.ndarra
         u = qmc.LatinHypercube(d=2, seed=seed).random(n_sims)
     else:
         raise ValueError(f"design must be 'sobol' or 'lhs', got {design!r}")
-    lo = np.array([OMEGA_M_RANGE[0], SIGMA8_RANGE[0]])
-    hi = np.array([OMEGA_M_RANGE[1], SIGMA8_RANGE[1]])
+    lo = np.array([omega_m_range[0], sigma8_range[0]])
+    hi = np.array([omega_m_range[1], sigma8_range[1]])
     return (lo + u * (hi - lo)).astype(np.float32)
 
 
@@ -205,7 +236,16 @@ def simulate(cfg: dict, seeds: np.ndarray, theta: np.ndarray) -> np.ndarray:
 DERIVED_KEYS = ("particles_per_pixel",)
 
 _WORKER_OPTIONS = ("worker", "workers")
-_COMMON_OPTIONS = ("n", "box", "shard_size", "seed", "design", "n_fiducial")
+_COMMON_OPTIONS = (
+    "n",
+    "box",
+    "shard_size",
+    "seed",
+    "design",
+    "n_fiducial",
+    "omega_m_range",
+    "sigma8_range",
+)
 _SIMULATOR_OPTIONS = {
     "nbody": ("n_mesh", "n_steps", "a_init", "n_slabs"),
     "grf": ("slab", "nonlinear"),
@@ -217,7 +257,7 @@ def generate_options(simulator: str, options: dict) -> dict:
     """The keyword arguments of :func:`generate_dataset` for ``simulator`` among ``options``
     (e.g. ``vars()`` of parsed command-line arguments); the other simulators' are dropped."""
     keys = _COMMON_OPTIONS + _SIMULATOR_OPTIONS.get(simulator, ()) + _WORKER_OPTIONS
-    return {k: options[k] for k in keys if k in options}
+    return {k: options[k] for k in keys if options.get(k) is not None}
 
 
 def check_worker(worker: int, workers: int) -> None:
@@ -330,7 +370,8 @@ def _generate_set(
 
 def _set_arrays(cfg: dict) -> list[tuple[str, dict, np.ndarray, int]]:
     """(subdirectory, configuration, theta, set index) of the design and fiducial sets."""
-    sets = [("", cfg, design_theta(cfg["n_sims"], cfg["seed"], cfg["design"]), 0)]
+    theta = design_theta(cfg["n_sims"], cfg["seed"], cfg["design"], *theta_box(cfg))
+    sets = [("", cfg, theta, 0)]
     if cfg["n_fiducial"] > 0:
         fcfg = dict(cfg, n_sims=cfg["n_fiducial"], n_fiducial=0, design="fiducial")
         fth = np.tile(np.asarray(FIDUCIAL_THETA, np.float32), (cfg["n_fiducial"], 1))

@@ -11,12 +11,13 @@ finite value P_2D(0) = int dk_z/(2 pi) P_3D(|k_z|) W^2 at k = 0 (the slab mean f
 Speed: jax-cosmo is only called once per process, on a table of nodes.
 
 * Linear spectrum: P_3D is proportional to sigma8^2, so it is tabulated at sigma8 = 1 on
-  ``N_OMEGA_NODES`` = 121 values of Omega_m spanning [0.2, 0.5] (step 0.0025). P_2D at a
-  map's |k| values is interpolated linearly in log P between Omega_m nodes and multiplied
+  ``N_OMEGA_NODES`` = 201 values of Omega_m spanning the supported [0.1, 0.6] (step 0.0025).
+  P_2D at a map's |k| values is interpolated linearly in log P between Omega_m nodes and multiplied
   by sigma8^2. Measured interpolation error against direct evaluation at the midpoints
   of the nodes: < 1e-4 relative (see ``tests/test_data_gen_power.py``).
-* Halofit (``nonlinear=True``): not proportional to sigma8^2, so a 41 x 41 (Omega_m, sigma8)
-  table is interpolated bilinearly in log P; error < 2e-3 relative (tested).
+* Halofit (``nonlinear=True``): not proportional to sigma8^2, so an 81 x 81 (Omega_m, sigma8)
+  table over the supported range (steps 0.00625, 0.0125) is interpolated bilinearly in
+  log P; error < 2e-3 relative (tested).
 
 P_3D is tabulated on 400 log-spaced k in 1e-5..1e2 h/Mpc (log-log linear interpolation,
 n_s power law below, 0 above); P_2D is integrated at every distinct |k| of the map grid.
@@ -45,7 +46,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_gen.cosmology import OMEGA_M_RANGE, PLANCK_LIKE, SIGMA8_RANGE, check_grid, make_cosmology
+from data_gen.cosmology import (
+    PLANCK_LIKE,
+    SUPPORTED_OMEGA_M_RANGE,
+    SUPPORTED_SIGMA8_RANGE,
+    check_grid,
+    make_cosmology,
+)
 
 __all__ = [
     "DEFAULT_N",
@@ -63,9 +70,9 @@ DEFAULT_N: int = 64
 DEFAULT_BOX: float = 256.0
 DEFAULT_SLAB_FRACTION: float = 0.25
 
-N_OMEGA_NODES = 121
-N_OMEGA_NODES_NL = 41
-N_SIGMA8_NODES_NL = 41
+N_OMEGA_NODES = 201
+N_OMEGA_NODES_NL = 81
+N_SIGMA8_NODES_NL = 81
 _LOGK3 = np.linspace(np.log(1e-5), np.log(1e2), 400)
 
 
@@ -152,10 +159,10 @@ def _p3d_table(nonlinear: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _table_nodes(nonlinear: bool) -> tuple[np.ndarray, np.ndarray]:
     if nonlinear:
         return (
-            np.linspace(*OMEGA_M_RANGE, N_OMEGA_NODES_NL),
-            np.linspace(*SIGMA8_RANGE, N_SIGMA8_NODES_NL),
+            np.linspace(*SUPPORTED_OMEGA_M_RANGE, N_OMEGA_NODES_NL),
+            np.linspace(*SUPPORTED_SIGMA8_RANGE, N_SIGMA8_NODES_NL),
         )
-    return np.linspace(*OMEGA_M_RANGE, N_OMEGA_NODES), np.array([1.0])
+    return np.linspace(*SUPPORTED_OMEGA_M_RANGE, N_OMEGA_NODES), np.array([1.0])
 
 
 def _p3d_table_compute(nonlinear: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

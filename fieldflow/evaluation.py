@@ -308,14 +308,26 @@ def theory_check(cfg: dict, theta: np.ndarray, stats: dict) -> dict | None:
     }
 
 
-def default_thetas() -> list[tuple[str, tuple[float, float]]]:
+def _box_of(model) -> dict:
+    """The model's trained range as an emulator's ``theta_low`` / ``theta_high``."""
+    from fieldflow.inference import model_theta_box
+
+    low, high = model_theta_box(model)
+    return {"theta_low": low, "theta_high": high}
+
+
+def default_thetas(cfg: dict | None = None) -> list[tuple[str, tuple[float, float]]]:
     """``(kind, theta)`` at which to test samples: the fiducial theta, four "interior" points
-    at 1/4 and 3/4 of the prior range on each axis and two "edge" corners at 1/10 and 9/10."""
-    from data_gen import FIDUCIAL_THETA, OMEGA_M_RANGE, SIGMA8_RANGE
+    at 1/4 and 3/4 of the prior box on each axis and two "edge" corners at 1/10 and 9/10
+    (the box of the data set's configuration ``cfg``, ``data_gen.theta_box``)."""
+    from data_gen import FIDUCIAL_THETA
+    from data_gen.dataset import theta_box
+
+    om_range, s8_range = theta_box(cfg)
 
     def at(fo: float, fs: float) -> tuple[float, float]:
-        om = OMEGA_M_RANGE[0] + fo * (OMEGA_M_RANGE[1] - OMEGA_M_RANGE[0])
-        s8 = SIGMA8_RANGE[0] + fs * (SIGMA8_RANGE[1] - SIGMA8_RANGE[0])
+        om = om_range[0] + fo * (om_range[1] - om_range[0])
+        s8 = s8_range[0] + fs * (s8_range[1] - s8_range[0])
         return round(om, 4), round(s8, 4)
 
     thetas = [("fiducial", tuple(float(t) for t in FIDUCIAL_THETA))]
@@ -415,7 +427,7 @@ def map_posteriors(model, cfg: dict, splits: dict, x, grid, cov_maps=None) -> tu
     notes = []
     if cov_maps is not None:
         try:
-            ps = inf.PowerSpectrumLikelihood.fit(*splits["train"], cov_maps, box)
+            ps = inf.PowerSpectrumLikelihood.fit(*splits["train"], cov_maps, box, **_box_of(model))
             posts["P(k)"] = ps.posterior(x, grid)
         except ValueError as err:
             notes.append(f"no power-spectrum posterior: {err}")
@@ -442,7 +454,9 @@ def _likelihoods(model, cfg: dict, splits: dict, cov_maps=None) -> tuple[dict, l
     box = float(cfg["box"])
     if cov_maps is not None:
         try:
-            ps = inf.PowerSpectrumLikelihood.fit(*splits["train"], cov_maps, box).log_like_fn()
+            ps = inf.PowerSpectrumLikelihood.fit(
+                *splits["train"], cov_maps, box, **_box_of(model)
+            ).log_like_fn()
             fns["P(k)"] = (ps, ps, False)
         except ValueError as err:
             notes.append(f"no power-spectrum diagnostics: {err}")

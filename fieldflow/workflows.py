@@ -18,7 +18,7 @@ import numpy as np
 
 from fieldflow.io import write_json
 
-__all__ = ["train_run", "ensure_dataset", "ensure_run", "load_run_and_data"]
+__all__ = ["train_run", "ensure_dataset", "ensure_run", "load_run_and_data", "check_prior_box"]
 
 
 def train_run(
@@ -43,6 +43,7 @@ def train_run(
     import jax
     from flax import nnx
 
+    from data_gen.dataset import theta_box
     from data_gen.lognormal import lognormal_log_likelihood
     from fieldflow.data import load_dataset, load_manifest
     from fieldflow.train import TrainConfig, fit, model_for_data, nll_per_pixel
@@ -53,7 +54,9 @@ def train_run(
     train, val, test = splits["train"], splits["val"], splits["test"]
     if len(train[0]) == 0 or len(val[0]) == 0:
         raise ValueError(f"{data_dir} has too few simulations for train/validation splits")
-    model = model_for_data(model_type, train[0], seed=seed, **(model_kwargs or {}))
+    (om_lo, om_hi), (s8_lo, s8_hi) = theta_box(manifest)
+    box = {"cond_low": (om_lo, s8_lo), "cond_high": (om_hi, s8_hi)}  # the data set's prior
+    model = model_for_data(model_type, train[0], seed=seed, **{**box, **(model_kwargs or {})})
     result = fit(
         model,
         train,
@@ -202,7 +205,26 @@ def load_run_and_data(run_dir, data_dir, seed: int = 0) -> tuple[dict, object, d
     model = load(run_dir)
     if tuple(model.shape) != (cfg["n"], cfg["n"]):
         raise ValueError(f"the model is for {model.shape} maps, the data set has n = {cfg['n']}")
+    check_prior_box(model, cfg)
     return cfg, model, load_dataset(data_dir, seed=seed)
+
+
+def check_prior_box(model, cfg: dict) -> None:
+    """ValueError when the data set's prior box (``data_gen.theta_box``) leaves the range
+    a conditional model was trained on: its posteriors could not reach the data's theta."""
+    from data_gen.dataset import theta_box
+
+    if int(getattr(model, "cond_dim", 0)) != 2:
+        return
+    low, high = np.asarray(model.cond_low, float), np.asarray(model.cond_high, float)
+    (om_lo, om_hi), (s8_lo, s8_hi) = theta_box(cfg)
+    data_low, data_high = np.array([om_lo, s8_lo]), np.array([om_hi, s8_hi])
+    if np.any(data_low < low - 1e-6) or np.any(data_high > high + 1e-6):
+        raise ValueError(
+            f"the data set's prior box Omega_m {[om_lo, om_hi]}, sigma_8 {[s8_lo, s8_hi]} leaves "
+            f"the model's trained range {low.tolist()}..{high.tolist()}: use the data set the "
+            "model was trained on (or one inside its range)"
+        )
 
 
 def calibration_simulations(
@@ -216,7 +238,7 @@ def calibration_simulations(
     from fieldflow.evaluation import default_thetas, held_out_sims
 
     if not thetas:
-        thetas = [t for kind, t in default_thetas() if kind in ("fiducial", "interior")]
+        thetas = [t for kind, t in default_thetas(cfg) if kind in ("fiducial", "interior")]
     sims, sources = [], {}
     for theta in thetas:
         maps, source = held_out_sims(cfg, splits, np.asarray(theta), int(num), seed, cache=cache)

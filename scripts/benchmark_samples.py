@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     from fieldflow.workflows import load_run_and_data
 
     cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir, args.seed)
-    thetas = [("given", tuple(t)) for t in args.theta] if args.theta else default_thetas()
+    thetas = [("given", tuple(t)) for t in args.theta] if args.theta else default_thetas(cfg)
     cache = open_cache(args.sims_cache, cfg) or {}  # {}: simulate once for every --also run
 
     def bench_of(run_dir, model):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_gen.__main__ import main
-from data_gen.dataset import design_theta, generate_dataset, read_shard
+from data_gen.dataset import design_theta, generate_dataset, make_config, read_shard, theta_box
 
 # n_fiducial = shard_size: a fiducial shard has the design shards' batch (one compile less)
 KW = dict(n=8, box=64.0, shard_size=4, seed=3, n_fiducial=4)
@@ -43,6 +43,43 @@ def test_generate_contents(tmp_path):
     f = read_shard(d / "fiducial" / "shard_00000.npz")
     np.testing.assert_allclose(f["theta"], [[0.3, 0.8]] * 4)
     assert not np.array_equal(f["maps"][0], s["maps"][0])
+
+
+@same_worker
+def test_prior_box_of_a_data_set(tmp_path):
+    box = {"omega_m_range": (0.15, 0.45), "sigma8_range": (0.6, 1.3)}
+    cfg = generate_dataset(tmp_path / "ds", "lognormal", 8, progress=False, **KW, **box)
+    assert cfg["omega_m_range"] == [0.15, 0.45] and cfg["sigma8_range"] == [0.6, 1.3]
+    assert theta_box(cfg) == ((0.15, 0.45), (0.6, 1.3))
+    assert theta_box({}) == ((0.2, 0.5), (0.5, 1.1))  # manifests of the default box
+    th = np.concatenate([read_shard(p)["theta"] for p in sorted((tmp_path / "ds").glob("s*.npz"))])
+    assert th[:, 0].min() >= 0.15 and th[:, 0].max() <= 0.45 and th[:, 1].max() > 1.1
+    np.testing.assert_array_equal(th, design_theta(8, 3, "sobol", *theta_box(cfg)))
+    # the same directory with the default box is another data set
+    with pytest.raises(ValueError, match="omega_m_range"):
+        generate_dataset(tmp_path / "ds", "lognormal", 8, progress=False, **KW)
+    # the command line passes the box through
+    argv = [str(tmp_path / "cli"), "--n-sims", "4", "--n", "8", "--box", "64", "--shard-size", "4"]
+    argv += ["--seed", "3", "--n-fiducial", "4", "--omega-m-range", "0.15", "0.45"]
+    assert main([*argv, "--sigma8-range", "0.6", "1.3", "--no-progress"]) == 0
+    man = json.loads((tmp_path / "cli" / "manifest.json").read_text())
+    assert man["omega_m_range"] == [0.15, 0.45] and man["sigma8_range"] == [0.6, 1.3]
+
+
+@pytest.mark.parametrize(
+    "box, match",
+    [
+        (((0.05, 0.5), (0.5, 1.1)), "supported"),
+        (((0.2, 0.5), (0.5, 1.5)), "supported"),
+        (((0.35, 0.5), (0.5, 1.1)), "fiducial"),
+        (((0.5, 0.2), (0.5, 1.1)), "low < high"),
+        (((0.2, np.inf), (0.5, 1.1)), "finite"),
+        (((0.2,), (0.5, 1.1)), "two numbers"),
+    ],
+)
+def test_prior_box_refusals(box, match):
+    with pytest.raises(ValueError, match=match):
+        make_config("nbody", 4, omega_m_range=box[0], sigma8_range=box[1])
 
 
 def test_sobol_design_of_any_size_is_a_silent_reproducible_prefix():

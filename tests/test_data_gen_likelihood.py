@@ -116,7 +116,7 @@ def test_batch_broadcast_and_errors():
     with pytest.raises(ValueError, match="batch"):
         lognormal_log_likelihood(x, [[0.3, 0.8], [0.4, 0.9]], box=64.0)
     with pytest.raises(ValueError, match="Omega_m"):
-        lognormal_log_likelihood(x, (0.1, 0.8), box=64.0)
+        lognormal_log_likelihood(x, (0.05, 0.8), box=64.0)
     nan = x.copy()
     nan[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):

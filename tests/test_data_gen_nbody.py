@@ -73,4 +73,4 @@ def test_nbody_bad_arguments():
     with pytest.raises(ValueError, match="multiple"):
         nbody(jax.random.PRNGKey(0), (0.3, 0.8), n=12, n_mesh=16)
     with pytest.raises(ValueError, match="sigma8"):
-        nbody(jax.random.PRNGKey(0), (0.3, 1.3), n=16)
+        nbody(jax.random.PRNGKey(0), (0.3, 1.5), n=16)

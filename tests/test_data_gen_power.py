@@ -31,7 +31,7 @@ grid_power = jax.jit(power_2d_grid, static_argnums=(1, 2, 3))
 pixel_power = jax.jit(pixel_power_grid, static_argnums=(1, 2))
 
 
-@pytest.mark.parametrize("theta", [(0.19, 0.8), (0.3, 1.2), (0.51, 0.4), (np.nan, 0.8)])
+@pytest.mark.parametrize("theta", [(0.09, 0.8), (0.3, 1.45), (0.61, 0.4), (np.nan, 0.8)])
 def test_theta_out_of_range(theta):
     with pytest.raises(ValueError, match="Omega_m|sigma8|NaN"):
         check_theta(theta)

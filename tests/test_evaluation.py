@@ -103,8 +103,8 @@ def run_and_data(tiny_run_dir, tiny_data_dir):
 
 
 def test_load_run_and_data(run_and_data, tiny_run_dir, tmp_path):
-    from data_gen.dataset import generate_dataset
-    from fieldflow.workflows import ensure_run, load_run_and_data
+    from data_gen.dataset import generate_dataset, theta_box
+    from fieldflow.workflows import check_prior_box, ensure_run, load_run_and_data
 
     cfg, model, splits = run_and_data
     assert cfg["n"] == 16 and tuple(model.shape) == (16, 16)
@@ -114,6 +114,30 @@ def test_load_run_and_data(run_and_data, tiny_run_dir, tmp_path):
         load_run_and_data(tiny_run_dir, tmp_path / "d8")
     summary, seconds = ensure_run(tmp_path / "d8", tiny_run_dir)  # finished: reused as is
     assert summary["reused"] and seconds == 0.0 and np.isfinite(summary["test_nll_per_pixel"])
+    # trained on the data set's prior box; a data set with a wider box is refused
+    assert inf.model_theta_range(model) == ((0.2, 0.5), (0.5, 1.1)) == theta_box(cfg)
+    check_prior_box(model, {**cfg, "sigma8_range": [0.5, 1.1]})
+    with pytest.raises(ValueError, match="trained range"):
+        check_prior_box(model, {**cfg, "omega_m_range": [0.1, 0.5]})
+
+
+def test_a_run_is_trained_on_its_data_sets_prior_box(tmp_path):
+    from data_gen.dataset import generate_dataset
+    from fieldflow.train import TrainConfig
+    from fieldflow.workflows import check_prior_box, load_run_and_data, train_run
+
+    box = {"omega_m_range": (0.15, 0.45), "sigma8_range": (0.6, 1.3)}
+    generate_dataset(tmp_path / "wide", "lognormal", 12, progress=False, n=8, box=64.0, **box)
+    config = TrainConfig(steps=1, batch_size=2, warmup_steps=0, eval_every=1, patience=None)
+    kw = {"n_layers": 1, "hidden": (4,)}
+    train_run(tmp_path / "wide", tmp_path / "run", "trenf", kw, config, progress=False)
+    cfg, model, _ = load_run_and_data(tmp_path / "run", tmp_path / "wide")
+    assert inf.model_theta_range(model) == ((0.15, 0.45), (0.6, 1.3))
+    # the default box (sigma_8 from 0.5) leaves this run's trained range
+    with pytest.raises(ValueError, match="trained range"):
+        check_prior_box(model, {k: v for k, v in cfg.items() if k != "sigma8_range"})
+    with pytest.raises(ValueError, match="outside the trained range"):
+        model.log_prob(np.zeros((1, 8, 8), np.float32), np.array([[0.3, 0.55]], np.float32))
 
 
 def test_held_out_sims_and_theory_check(run_and_data):
@@ -182,6 +206,10 @@ def test_sample_quality_benchmark_and_map_posteriors(run_and_data):
     assert isinstance(bench["all_passed"], bool)
     json.dumps(bench)
     assert [k for k, _ in ev.default_thetas()] == ["fiducial"] + ["interior"] * 4 + ["edge"] * 2
+    box = {"omega_m_range": [0.1, 0.5], "sigma8_range": [0.5, 1.3]}
+    interior = [t for k, t in ev.default_thetas(box) if k == "interior"]
+    assert interior == [(0.2, 0.7), (0.2, 1.1), (0.4, 0.7), (0.4, 1.1)]
+    assert [t for k, t in ev.default_thetas() if k == "interior"][0] == (0.275, 0.65)
     with pytest.raises(ValueError, match="at least 2"):
         ev.sample_quality_benchmark(model, cfg, splits, thetas, 1)
 

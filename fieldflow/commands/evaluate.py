@@ -106,7 +106,7 @@ def run(args) -> dict:
     cov_maps = None
     if len(fid) > 8:
         cov_maps = fid[: -1 - args.index] if args.posterior_fiducial else fid
-    grid = inf.theta_grid(args.grid, args.grid)
+    grid = inf.theta_grid(args.grid, args.grid, *inf.model_theta_range(model))
     posts, notes = ev.map_posteriors(model, cfg, splits, x, grid, cov_maps)
 
     calibration, curves = None, {}

@@ -1,6 +1,8 @@
 """``fieldflow generate``: simulate a data set of maps (sharded .npz, resumable).
 
-Draws theta over the prior, simulates GRF, lognormal or N-body (particle-mesh) maps and
+Draws theta over the prior box (``--omega-m-range``, ``--sigma8-range``; default
+[0.2, 0.5] x [0.5, 1.1], inside the simulators' [0.1, 0.6] x [0.4, 1.4]; the trained range of
+the flows trained on the data set), simulates GRF, lognormal or N-body (particle-mesh) maps and
 writes sharded ``.npz`` files, a ``manifest.json`` and, with ``--n-fiducial``, a
 ``fiducial/`` set at the fiducial theta; the same command again resumes an interrupted run.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_gen.cosmology import add_prior_box_arguments
 from fieldflow.commands import subparser
 from fieldflow.io import write_json
 
@@ -47,6 +50,7 @@ def add_parser(subparsers):
     p.add_argument("--n-steps", type=int, default=10, help="nbody: PM steps")
     p.add_argument("--a-init", type=float, default=0.1, help="nbody: 2LPT scale factor")
     p.add_argument("--n-slabs", type=int, default=4, help="nbody: slabs per simulation")
+    add_prior_box_arguments(p)
     p.add_argument("--worker", type=int, default=0, help="this worker's index (0..N-1)")
     p.add_argument("--workers", type=int, default=1, help="N: workers sharing the data set")
     return p

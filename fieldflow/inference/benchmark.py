@@ -282,15 +282,26 @@ def fom_comparison(
     fid_theta = np.asarray(data_gen.FIDUCIAL_THETA, np.float64)
 
     t0 = time.perf_counter()
+    low, high = model_theta_box(model)  # the trained range: the prior of every posterior
     ps = PowerSpectrumLikelihood.fit(
-        *splits["train"], fid_cov, float(manifest["box"]), fiducial_theta=data_gen.FIDUCIAL_THETA
+        *splits["train"],
+        fid_cov,
+        float(manifest["box"]),
+        fiducial_theta=data_gen.FIDUCIAL_THETA,
+        theta_low=low,
+        theta_high=high,
     )
     timings = {"ps_fit_s": time.perf_counter() - t0}
     summaries = {}
     if score_compressed:
         t0 = time.perf_counter()
         summaries["flow_score_compressed"] = score_compressed_likelihood(
-            model, *splits["train"], fid_cov, fiducial_theta=fid_theta
+            model,
+            *splits["train"],
+            fid_cov,
+            fiducial_theta=fid_theta,
+            theta_low=low,
+            theta_high=high,
         )
         timings["score_compressed_fit_s"] = time.perf_counter() - t0
     calibration = None

@@ -194,7 +194,12 @@ def calibration_benchmark(
             theta_high=high,
         )
         ps = inference.PowerSpectrumLikelihood.fit(
-            *splits["train"], fid_maps, float(cfg["box"]), degree=3
+            *splits["train"],
+            fid_maps,
+            float(cfg["box"]),
+            degree=3,
+            theta_low=low,
+            theta_high=high,
         )
 
     with _phase("score_tests", timings, log):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_gen.cosmology import OMEGA_M_RANGE, SIGMA8_RANGE
+from data_gen.cosmology import SUPPORTED_OMEGA_M_RANGE, SUPPORTED_SIGMA8_RANGE
 from fieldflow.inference.grid import ThetaGrid, clip_grid, theta_grid
 from fieldflow.inference.posterior import (
     MASSES,
@@ -345,14 +345,14 @@ def exact_lognormal_posterior(
 ) -> GridPosterior | list[GridPosterior]:
     """The exact grid posterior of lognormal maps (the best any method can do).
 
-    The grid is clipped (with a warning) to the simulators' range
-    Omega_m in [0.2, 0.5], sigma_8 in [0.5, 1.1].
+    The grid (default: the default prior box) is clipped, with a warning, to the simulators'
+    supported range Omega_m in [0.1, 0.6], sigma_8 in [0.4, 1.4].
     """
     grid = theta_grid() if grid is None else grid
     grid = clip_grid(
         grid,
-        (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
-        (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
+        (SUPPORTED_OMEGA_M_RANGE[0], SUPPORTED_SIGMA8_RANGE[0]),
+        (SUPPORTED_OMEGA_M_RANGE[1], SUPPORTED_SIGMA8_RANGE[1]),
         what="the simulators' range",
     )
     return grid_posterior(
