@@ -24,6 +24,8 @@ HELP = "simulate a data set of maps (sharded .npz, resumable)"
 EXAMPLES = [
     "fieldflow generate data/ln32 --simulator lognormal --n-sims 2048 --n 32 --box 128 "
     "--n-fiducial 256",
+    "fieldflow generate data/nb32 --simulator nbody --n-sims 2048 --n 32 --box 128 --n-mesh 64 "
+    "--n-fiducial 128 --omega-m-range 0.1 0.5 --sigma8-range 0.5 1.3",
 ]
 
 
