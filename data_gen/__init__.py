@@ -14,10 +14,13 @@ from data_gen.cosmology import (
     FIDUCIAL_THETA,
     OMEGA_M_RANGE,
     SIGMA8_RANGE,
+    SUPPORTED_OMEGA_M_RANGE,
+    SUPPORTED_SIGMA8_RANGE,
     check_theta,
+    check_theta_box,
     make_cosmology,
 )
-from data_gen.dataset import design_theta, generate_dataset, make_config
+from data_gen.dataset import design_theta, generate_dataset, make_config, theta_box
 from data_gen.gaussian import grf, grf_log_likelihood
 from data_gen.likelihood import log_likelihood_grid
 from data_gen.lognormal import lognormal, lognormal_log_likelihood
@@ -39,9 +42,12 @@ __all__ = [
     "FIDUCIAL_THETA",
     "OMEGA_M_RANGE",
     "SIGMA8_RANGE",
+    "SUPPORTED_OMEGA_M_RANGE",
+    "SUPPORTED_SIGMA8_RANGE",
     "DEFAULT_BOX",
     "DEFAULT_N",
     "check_theta",
+    "check_theta_box",
     "make_cosmology",
     "default_slab",
     "power_3d",
@@ -58,6 +64,7 @@ __all__ = [
     "nbody_simulation",
     "expected_linear_map_power",
     "design_theta",
+    "theta_box",
     "generate_dataset",
     "make_config",
 ]
