@@ -213,17 +213,16 @@ def check_prior_box(model, cfg: dict) -> None:
     """ValueError when the data set's prior box (``data_gen.theta_box``) leaves the range
     a conditional model was trained on: its posteriors could not reach the data's theta."""
     from data_gen.dataset import theta_box
+    from fieldflow.inference import model_theta_range
 
     if int(getattr(model, "cond_dim", 0)) != 2:
         return
-    low, high = np.asarray(model.cond_low, float), np.asarray(model.cond_high, float)
-    (om_lo, om_hi), (s8_lo, s8_hi) = theta_box(cfg)
-    data_low, data_high = np.array([om_lo, s8_lo]), np.array([om_hi, s8_hi])
-    if np.any(data_low < low - 1e-6) or np.any(data_high > high + 1e-6):
+    data, trained = theta_box(cfg), model_theta_range(model)
+    if any(d[0] < t[0] - 1e-6 or d[1] > t[1] + 1e-6 for d, t in zip(data, trained, strict=True)):
         raise ValueError(
-            f"the data set's prior box Omega_m {[om_lo, om_hi]}, sigma_8 {[s8_lo, s8_hi]} leaves "
-            f"the model's trained range {low.tolist()}..{high.tolist()}: use the data set the "
-            "model was trained on (or one inside its range)"
+            f"the data set's prior box Omega_m {list(data[0])}, sigma_8 {list(data[1])} leaves "
+            f"the model's trained range Omega_m {list(trained[0])}, sigma_8 {list(trained[1])}: "
+            "use the data set the model was trained on (or one inside its range)"
         )
 
 
