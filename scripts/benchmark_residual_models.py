@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tails", nargs="+", choices=RESIDUAL_MODELS, default=list(RESIDUAL_MODELS))
     p.add_argument("--n-test", type=int, default=200, help="test maps across the prior")
     p.add_argument("--grid", type=int, default=40, help="grid cells per axis")
+    p.add_argument(
+        "--corr-degree", type=int, default=None, help="degree in theta of the correlations"
+    )
     p.add_argument("--sims-cache", type=Path, default=None, help="folder keeping the simulations")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default RUN/...)")
     return p
@@ -46,6 +49,7 @@ def main(argv=None) -> dict:
         tails=args.tails,
         n_test=args.n_test,
         grid_size=args.grid,
+        **({} if args.corr_degree is None else {"corr_degree": args.corr_degree}),
         sims_cache=args.sims_cache,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )

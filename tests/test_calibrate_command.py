@@ -153,6 +153,7 @@ def test_residual_model_benchmark_scores_every_residual_model(concave_run_dir, t
             grid_size=8,
         )  # fmt: skip
     assert out["maps_per_theta"] == 8 and len(out["maps"]) == 5
+    assert out["corr_degree"] == inference.SCORE_CORR_DEGREE  # as score_compressed_likelihood
     assert set(out["residual_models"]) == {"flow", "student"} <= set(RESIDUAL_MODELS)
     for res in out["residual_models"].values():
         rows = res["score_tests"]

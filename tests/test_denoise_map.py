@@ -98,6 +98,19 @@ def test_map_joint_theta_fit():
         dn.flow_map(lp, d, mask, noise_var, cond=jnp.zeros((2, 1)), fit_theta=True)
 
 
+def test_lognormal_theta_fit_may_roam_the_simulators_whole_range():
+    """`fieldflow denoise --prior lognormal --fit-theta` bounds theta by where the exact
+    lognormal prior is defined (the simulators' supported range), not by a default box."""
+    import data_gen
+    from fieldflow.denoise.reconstruct import _map_prior
+
+    theta = np.float32([[0.15, 1.3]])  # outside the default box, inside the supported range
+    _, cond, kwargs = _map_prior("lognormal", None, theta, BOX, None, fit_theta=True)
+    om, s8 = data_gen.SUPPORTED_OMEGA_M_RANGE, data_gen.SUPPORTED_SIGMA8_RANGE
+    assert kwargs["theta_bounds"] == ((om[0], s8[0]), (om[1], s8[1]))
+    np.testing.assert_array_equal(cond, theta)
+
+
 def test_map_compiles_once_per_model():
     """A module method is split into graph + state: a second call (even after the
     parameters change, or with another model of the same structure) reuses the compiled

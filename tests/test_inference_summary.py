@@ -88,6 +88,10 @@ def test_flow_score_compression(grf_sets, flow):
     np.testing.assert_allclose(like.cov, np.cov(score(fid[:60]), rowvar=False), rtol=1e-6)
     post = like.posterior(fid[60:], inf.theta_grid(12, 12))
     np.testing.assert_allclose(post.post.sum(), 1.0, rtol=1e-6)
+    # the score-compressed likelihood: emulated residuals, correlation quadratic in theta
+    compressed = inf.score_compressed_likelihood(model, train, theta, fid[:60], tails="gaussian")
+    assert compressed.fit_report["covariance"] == "emulated"
+    assert compressed.residuals.corr_degree == inf.SCORE_CORR_DEGREE
 
 
 def test_summary_emulator_recovers_known_means():
@@ -182,6 +186,32 @@ def test_emulated_covariance_follows_theta():
     np.testing.assert_allclose(gauss(x, th), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="covariance must be"):
         inf.SummaryLikelihood.fit(summary, maps, theta, maps[:50], covariance="sample")
+
+
+def test_correlation_of_degree_two_follows_a_correlation_that_peaks_inside_the_box():
+    """The flow scores' correlation swings across a wide prior box: a correlation that is
+    0.9 at the centre of the sigma_8 range and 0.17 near its edges is followed by the
+    quadratic correlation of the score-compressed likelihood (SCORE_CORR_DEGREE), not by a
+    linear one."""
+    rng = np.random.default_rng(3)
+    theta = rng.uniform([0.2, 0.5], [0.5, 1.1], size=(3000, 2))
+
+    def rho(th):
+        return 0.9 * (1 - ((th[:, 1] - 0.8) / 0.3) ** 2)
+
+    g = rng.normal(size=(3000, 2))
+    r = np.stack([g[:, 0], rho(theta) * g[:, 0] + np.sqrt(1 - rho(theta) ** 2) * g[:, 1]], 1)
+    probe = np.array([[0.35, 0.53], [0.35, 0.65], [0.35, 0.8], [0.35, 0.95], [0.35, 1.07]])
+    box = dict(theta_low=(0.2, 0.5), theta_high=(0.5, 1.1))
+
+    def corr_error(degree):
+        cov = inf.ResidualModel.fit(r, theta, corr_degree=degree, **box).covariance(probe)
+        corr = cov[:, 0, 1] / np.sqrt(cov[:, 0, 0] * cov[:, 1, 1])
+        return np.abs(corr - rho(probe)).max()
+
+    assert inf.SCORE_CORR_DEGREE == 2
+    assert corr_error(2) < 0.08
+    assert corr_error(1) > 0.25
 
 
 def test_residual_model_refuses_bad_input():

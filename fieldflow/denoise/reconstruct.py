@@ -144,12 +144,10 @@ def _map_prior(prior: str, model, theta, box: float, signal_power_half, fit_thet
         if cond is None:
             raise ValueError("--fit-theta needs a conditional prior and a starting theta")
         if prior.startswith("lognormal"):
-            from data_gen import OMEGA_M_RANGE, SIGMA8_RANGE
+            from data_gen import SUPPORTED_OMEGA_M_RANGE, SUPPORTED_SIGMA8_RANGE
 
-            kwargs["theta_bounds"] = (
-                (OMEGA_M_RANGE[0], SIGMA8_RANGE[0]),
-                (OMEGA_M_RANGE[1], SIGMA8_RANGE[1]),
-            )
+            om, s8 = SUPPORTED_OMEGA_M_RANGE, SUPPORTED_SIGMA8_RANGE  # the simulator's range
+            kwargs["theta_bounds"] = ((om[0], s8[0]), (om[1], s8[1]))
     return log_prior, cond, kwargs
 
 

@@ -97,6 +97,7 @@ from fieldflow.inference.selection import (
     one_map_per_simulation,
 )
 from fieldflow.inference.summary import (
+    SCORE_CORR_DEGREE,
     Summary,
     SummaryLikelihood,
     concatenate_summaries,
@@ -138,6 +139,7 @@ __all__ = [
     "SummaryEmulator",
     "ResidualFlow",
     "ResidualModel",
+    "SCORE_CORR_DEGREE",
     "Summary",
     "SummaryLikelihood",
     "concatenate_summaries",

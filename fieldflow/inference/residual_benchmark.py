@@ -23,6 +23,7 @@ from fieldflow.inference.calibration_benchmark import (
     _phase,
 )
 from fieldflow.inference.selection import COVERAGE_RANGES, one_map_per_simulation
+from fieldflow.inference.summary import SCORE_CORR_DEGREE
 
 __all__ = ["RESIDUAL_MODELS", "residual_model_benchmark"]
 
@@ -53,13 +54,15 @@ def residual_model_benchmark(
     tails: Sequence[str] = RESIDUAL_MODELS,
     n_test: int = 200,
     grid_size: int = 40,
+    corr_degree: int = SCORE_CORR_DEGREE,
     sims_cache=None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """The benchmark of the module docstring for ``run_dir`` on ``data_dir``: ``num`` maps
     per calibration theta (fresh simulations of ``seed``, the data set's fiducial maps first
     at the fiducial theta; ``sims_cache`` keeps them), ``n_test`` test maps, a grid of
-    ``grid_size``^2 cells. Returns a JSON-ready dict."""
+    ``grid_size``^2 cells, residual correlations of degree ``corr_degree`` in theta (that of
+    ``score_compressed_likelihood`` by default). Returns a JSON-ready dict."""
     import numpy as np
 
     from fieldflow import inference
@@ -89,7 +92,7 @@ def residual_model_benchmark(
         with _phase(f"{kind}", timings, log):
             like = inference.SummaryLikelihood.fit_summaries(
                 summary, train, splits["train"][1], fid, covariance="emulated", tails=kind,
-                theta_low=low, theta_high=high,
+                corr_degree=corr_degree, theta_low=low, theta_high=high,
             )  # fmt: skip
             fn = like.log_like_fn()
             rows = []
@@ -119,6 +122,7 @@ def residual_model_benchmark(
         "data_dir": str(Path(data_dir)),
         "maps_per_theta": num,
         "maps": sources,
+        "corr_degree": int(corr_degree),
         "eigenvalue_range_wanted": list(EIGENVALUE_RANGE),
         "coverage_ranges_wanted": {k: list(v) for k, v in COVERAGE_RANGES.items()},
         "residual_models": results,

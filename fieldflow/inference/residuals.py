@@ -224,15 +224,19 @@ class ResidualModel:
 
         with jax.enable_x64(True):
             r_j, t_j = jnp.asarray(r), jnp.asarray(t)
+            # the box and units enter as float64 arguments, not as numpy constants: jax may
+            # reuse a float32 constant it lowered for an earlier array at the same address
+            consts = tuple(jnp.asarray(a) for a in (proto.unit, proto.theta_low, proto.theta_high))
 
-            def loss(x):
+            def loss(x, unit, low, high):
                 params, nu = unpack(x)
-                return -jnp.mean(proto._log_prob(params, nu, r_j, t_j, jnp))
+                model = dataclasses.replace(proto, unit=unit, theta_low=low, theta_high=high)
+                return -jnp.mean(model._log_prob(params, nu, r_j, t_j, jnp))
 
             value_and_grad = jax.jit(jax.value_and_grad(loss))
 
             def fun(x):
-                v, g = value_and_grad(jnp.asarray(x))
+                v, g = value_and_grad(jnp.asarray(x), *consts)
                 return float(v), np.asarray(g, np.float64)
 
             sol = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B")

@@ -49,6 +49,9 @@ from fieldflow.inference.residuals import ResidualModel
 from fieldflow.validation import check_maps
 
 FORMAT = "fieldflow-summary-likelihood-2"
+# the correlation of the two flow scores swings from about 0 to 0.9 across a wide prior box
+# (32^2 N-body maps, Omega_m in [0.1, 0.5], sigma_8 in [0.5, 1.3]): linear in theta is too stiff
+SCORE_CORR_DEGREE = 2
 
 __all__ = [
     "Summary",
@@ -411,14 +414,16 @@ def score_compressed_likelihood(
     default a :class:`~fieldflow.inference.residual_flow.ResidualFlow` (a Gaussian whose
     spreads and correlation follow theta, reshaped by splines onto Student-t tails; with too
     few training maps for it, the Gaussian alone, with a warning); ``tails='gaussian'`` or
-    'student' for those models alone. Measured on 32^2 N-body maps (512 maps at each of 5
-    theta, 1024 at four of them): the flow's score-test eigenvalues 0.71-1.32 and 68% coverage
-    0.58-0.73 per theta, the Gaussian's 0.75-4.21 and 0.45-0.80
-    (its score test set by the rare far maps); both in range over 200 validation and test
-    maps; see README.
-    ``kwargs`` go to :meth:`SummaryLikelihood.fit`."""
+    'student' for those models alone. The residuals' correlation is quadratic in theta
+    (``SCORE_CORR_DEGREE``; ``corr_degree`` overrides). Measured on 32^2 N-body maps over
+    Omega_m in [0.1, 0.5], sigma_8 in [0.5, 1.3] (512 maps at each of 9 theta): score-test
+    eigenvalues 0.72-1.19, where a correlation linear in theta gave 0.58-1.28 (it fitted 0.25
+    where the maps have -0.05); in a narrower box (512 maps at each of 5 theta, 1024 at four)
+    the residual flow gave 0.71-1.32, the Gaussian alone 0.75-4.21 (its score test set by the
+    rare far maps); see README. ``kwargs`` go to :meth:`SummaryLikelihood.fit`."""
     kwargs.setdefault("covariance", "emulated")
     kwargs.setdefault("tails", "flow")
+    kwargs.setdefault("corr_degree", SCORE_CORR_DEGREE)
     return SummaryLikelihood.fit(
         flow_score_summary(model), train_maps, train_theta, fiducial_maps, **kwargs
     )
