@@ -418,9 +418,10 @@ def score_compressed_likelihood(
     (``SCORE_CORR_DEGREE``; ``corr_degree`` overrides). Measured on 32^2 N-body maps over
     Omega_m in [0.1, 0.5], sigma_8 in [0.5, 1.3] (512 maps at each of 9 theta): score-test
     eigenvalues 0.72-1.19, where a correlation linear in theta gave 0.58-1.28 (it fitted 0.25
-    where the maps have -0.05); in a narrower box (512 maps at each of 5 theta, 1024 at four)
-    the residual flow gave 0.71-1.32, the Gaussian alone 0.75-4.21 (its score test set by the
-    rare far maps); see README. ``kwargs`` go to :meth:`SummaryLikelihood.fit`."""
+    where the maps have -0.05); in a narrower box (512 maps at each of 5 theta, 1024 at four;
+    linear correlations) the residual flow gave 0.71-1.32, the Gaussian alone 0.75-4.21 (its
+    score test set by the rare far maps); see README.
+    ``kwargs`` go to :meth:`SummaryLikelihood.fit`."""
     kwargs.setdefault("covariance", "emulated")
     kwargs.setdefault("tails", "flow")
     kwargs.setdefault("corr_degree", SCORE_CORR_DEGREE)
