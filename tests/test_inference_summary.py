@@ -72,6 +72,22 @@ def test_power_spectrum_summary_gives_the_power_spectrum_likelihood(grf_sets):
         inf.data_vector_score_and_hessian(fn, np.full_like(d, np.nan), [0.31, 0.83])
 
 
+def test_log_power_spectrum_summary_is_ln_p_with_a_polynomial_mean(grf_sets):
+    """ln P(k) in the P(k) bins, emulated as a polynomial (no log link), rebuilt from its
+    spec; its likelihood gives normalised posteriors."""
+    (train, theta), fid = grf_sets
+    power, log_power = inf.power_spectrum_summary(N, BOX), inf.log_power_spectrum_summary(N, BOX)
+    np.testing.assert_allclose(log_power(fid[:4]), np.log(power(fid[:4])), rtol=1e-5)
+    assert log_power.log_link == (False,) * power.dim and log_power.labels[0].startswith("ln ")
+    again = inf.summary_from_spec(json.loads(json.dumps(log_power.spec)))
+    np.testing.assert_array_equal(again(fid[:4]), log_power(fid[:4]))
+    assert np.all(np.isfinite(log_power(np.zeros((1, N, N), np.float32))))  # no power: floored
+    like = inf.SummaryLikelihood.fit(log_power, train, theta, fid[:60], degree=2)
+    post = like.posterior(fid[60:62], inf.theta_grid(8, 8), per_map=True)
+    for p in post:
+        np.testing.assert_allclose(p.post.sum(), 1.0, rtol=1e-6)
+
+
 def test_flow_score_compression(grf_sets, flow):
     (train, theta), fid = grf_sets
     model = flow

@@ -57,6 +57,7 @@ __all__ = [
     "Summary",
     "summary_from_spec",
     "power_spectrum_summary",
+    "log_power_spectrum_summary",
     "flow_score_summary",
     "concatenate_summaries",
     "SummaryLikelihood",
@@ -115,6 +116,28 @@ def power_spectrum_summary(n: int, box: float, k_max: float | None = None) -> Su
     )
 
 
+def log_power_spectrum_summary(n: int, box: float, k_max: float | None = None) -> Summary:
+    """ln P(k) in the bins of :func:`power_spectrum_summary`, its mean emulated as a
+    polynomial in theta (``log_link`` False): where P(k)'s scatter is skewed (N-body maps
+    at large sigma_8, a few massive haloes) a Gaussian likelihood about the mean <P>
+    sits above most maps, while ln P is nearly Gaussian. Bins are floored at the smallest
+    normal float32 (a map with no power in a bin gives a large negative value, not -inf).
+
+    On 32^2 N-body maps over Omega_m in [0.1, 0.5], sigma_8 in [0.5, 1.3], with the fixed
+    covariance of fiducial simulations: 68% / 95% coverage 0.67 / 0.93 over 200 test maps and
+    0.685 / 0.90 on 200 fiducial ones (P(k) itself: 0.525 / 0.685, 0.67 / 0.915); see README."""
+    power = power_spectrum_summary(n, box, k_max)
+    tiny = float(jnp.finfo(jnp.float32).tiny)
+    return Summary(
+        "ln P(k)",
+        lambda x: jnp.log(jnp.maximum(power.fn(x), tiny)),
+        tuple(f"ln {label}" for label in power.labels),
+        (False,) * power.dim,
+        n,
+        spec={**power.spec, "kind": "log_power_spectrum"},
+    )
+
+
 def flow_score_summary(model, theta: Sequence[float] = FIDUCIAL_THETA, chunk: int = 64) -> Summary:
     """The score of a conditional flow at one theta, t(x) = grad_theta log q(x | theta),
     (B, 2): the score compression of Alsing & Wandelt (2018); ``chunk`` maps per call."""
@@ -161,6 +184,8 @@ def summary_from_spec(spec: dict, model=None) -> Summary:
     kind = spec.get("kind")
     if kind == "power_spectrum":
         return power_spectrum_summary(spec["n"], spec["box"], spec.get("k_max"))
+    if kind == "log_power_spectrum":
+        return log_power_spectrum_summary(spec["n"], spec["box"], spec.get("k_max"))
     if kind == "flow_score":
         if model is None:
             raise ValueError("a flow-score summary needs its model")
