@@ -19,6 +19,7 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     from fieldflow.inference.residual_benchmark import RESIDUAL_MODELS
+    from fieldflow.inference.summary import SCORE_CORR_DEGREE
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
@@ -29,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=200, help="test maps across the prior")
     p.add_argument("--grid", type=int, default=40, help="grid cells per axis")
     p.add_argument(
-        "--corr-degree", type=int, default=None, help="degree in theta of the correlations"
+        "--corr-degree",
+        type=int,
+        default=SCORE_CORR_DEGREE,
+        help="degree in theta of the residuals' correlations (default: the likelihood's)",
     )
     p.add_argument("--sims-cache", type=Path, default=None, help="folder keeping the simulations")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default RUN/...)")
@@ -49,7 +53,7 @@ def main(argv=None) -> dict:
         tails=args.tails,
         n_test=args.n_test,
         grid_size=args.grid,
-        **({} if args.corr_degree is None else {"corr_degree": args.corr_degree}),
+        corr_degree=args.corr_degree,
         sims_cache=args.sims_cache,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
