@@ -200,11 +200,13 @@ def sample_quality(
     }
 
 
-def sample_maps(model, theta, num: int, key=None, batch: int = 64) -> np.ndarray:
+def sample_maps(
+    model, theta, num: int, key=None, batch: int = 64, temperature: float | None = None
+) -> np.ndarray:
     """``num`` maps from ``model`` at one theta (2,), drawn ``batch`` at a time: (num, N, N).
 
     Batch b uses ``jax.random.fold_in(key, b)``; the last batch is padded to a fixed size so
-    the sampler compiles once.
+    the sampler compiles once. ``temperature``: see ``FlowModel.sample``.
     """
     import jax
 
@@ -213,7 +215,7 @@ def sample_maps(model, theta, num: int, key=None, batch: int = 64) -> np.ndarray
     batch = max(1, min(int(batch), int(num)))
     cond = np.repeat(theta, batch, axis=0)
     out = [
-        np.asarray(model.sample(jax.random.fold_in(key, b), cond))
+        np.asarray(model.sample(jax.random.fold_in(key, b), cond, temperature=temperature))
         for b in range(-(-int(num) // batch))
     ]
     return np.concatenate(out)[: int(num)]
@@ -346,6 +348,7 @@ def sample_quality_benchmark(
     log=None,
     sims_cache: dict | None = None,
     n_samples: int | None = None,
+    temperature=None,
 ) -> dict:
     """:func:`sample_quality` of ``n_samples`` (default ``num``) samples against ``num``
     :func:`held_out_sims` at each ``(kind, theta)`` of ``thetas`` (e.g.
@@ -355,6 +358,8 @@ def sample_quality_benchmark(
     ``sims_cache`` keeps the simulations per theta, so several models are compared on the same
     maps without simulating them again. More samples than simulations (samples are cheap)
     tighten the search for runaway samples and the samples' side of every statistic.
+    ``temperature``, a :class:`~fieldflow.sampling_temperature.SamplingTemperature` (or any
+    callable of theta (1, 2) giving T (1,)), draws tempered mocks; each row records its T.
     """
     import time
 
@@ -368,7 +373,8 @@ def sample_quality_benchmark(
         t0 = time.perf_counter()
         theta = np.asarray(theta, np.float64)
         sims, source = held_out_sims(cfg, splits, theta, num, seed, cache=sims_cache)
-        samples = sample_maps(model, theta, n_samples, jax.random.key(seed + i))
+        t = None if temperature is None else float(np.asarray(temperature(theta[None]))[0])
+        samples = sample_maps(model, theta, n_samples, jax.random.key(seed + i), temperature=t)
         stats = sample_quality(samples, sims, float(cfg["box"]))
         theory = theory_check(cfg, theta, stats)
         pk = stats["power_spectrum"]
@@ -376,6 +382,7 @@ def sample_quality_benchmark(
             "kind": kind,
             "theta": theta.tolist(),
             "n_samples": len(samples),
+            "temperature": 1.0 if t is None else t,
             "n_simulations": len(sims),
             "simulations": source,
             "pk_ratio": np.round(pk["ratio"], 4).tolist(),

@@ -24,6 +24,7 @@ __all__ = [
     "check_cond",
     "check_cond_range",
     "check_above",
+    "check_temperature",
     "is_concrete",
 ]
 
@@ -88,3 +89,17 @@ def check_cond_range(cond, low: Sequence[float], high: Sequence[float], name: st
             f"{name}[{row}, {col}] = {c[row, col]:.4g} is outside the trained range "
             f"[{low[col]:.4g}, {high[col]:.4g}] of this model"
         )
+
+
+def check_temperature(temperature, batch: int) -> jnp.ndarray:
+    """A sampling temperature as (batch,) float32: one positive finite number, or one per map."""
+    t = np.asarray(temperature, dtype=np.float64)
+    if t.ndim == 0:
+        t = np.full(batch, float(t))
+    if t.shape != (batch,):
+        raise ValueError(
+            f"temperature must be a number or have shape ({batch},), got {tuple(t.shape)}"
+        )
+    if not np.all(np.isfinite(t) & (t > 0)):
+        raise ValueError(f"temperature must be positive and finite, got {t.min():g}..{t.max():g}")
+    return jnp.asarray(t, dtype=jnp.float32)

@@ -15,6 +15,11 @@ on each axis ("interior"), and two corners at 1/10 and 9/10 ("edge").
     python scripts/benchmark_samples.py RUN_DIR DATA_DIR [--num 4096] [--theta 0.3 0.8 ...]
         [--also OTHER_RUN ...]
 
+``--temperature FILE`` also evaluates the tempered mocks of a fitted sampling temperature
+(``fieldflow sample RUN OUT --fit-temperature DATA`` writes one to
+``RUN/calibration/sampling_temperature.json``) against the same simulations; their rows go
+under ``"tempered"``.
+
 ``--also`` evaluates further runs on the same data set against the same simulations (they are
 simulated once); their results go under ``"also"``, keyed by run directory. ``--sims-cache DIR``
 keeps the simulations on disk for later runs; ``--n-samples`` draws more samples than there are
@@ -59,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the simulations in DIR and reuse those already there (same data set only)",
     )
     p.add_argument(
+        "--temperature",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also evaluate mocks tempered by this fitted sampling temperature (JSON)",
+    )
+    p.add_argument(
         "--also",
         type=Path,
         action="append",
@@ -93,8 +105,14 @@ def main(argv=None) -> dict:
     thetas = [("given", tuple(t)) for t in args.theta] if args.theta else default_thetas(cfg)
     cache = open_cache(args.sims_cache, cfg) or {}  # {}: simulate once for every --also run
 
-    def bench_of(run_dir, model):
-        print(f"{run_dir}:", file=sys.stderr)
+    temperature = None
+    if args.temperature is not None:
+        from fieldflow.sampling_temperature import SamplingTemperature
+
+        temperature = SamplingTemperature.load(args.temperature)
+
+    def bench_of(run_dir, model, temperature=None):
+        print(f"{run_dir}{' (tempered)' if temperature else ''}:", file=sys.stderr)
         return sample_quality_benchmark(
             model,
             cfg,
@@ -105,6 +123,7 @@ def main(argv=None) -> dict:
             log=lambda s: print(s, file=sys.stderr),
             sims_cache=cache,
             n_samples=args.n_samples,
+            temperature=temperature,
         )
 
     bench = bench_of(args.run_dir, model)
@@ -118,6 +137,9 @@ def main(argv=None) -> dict:
         "n_samples": args.num if args.n_samples is None else args.n_samples,
         **bench,
     }
+    if temperature is not None:
+        result["temperature_file"] = str(args.temperature)
+        result["tempered"] = bench_of(args.run_dir, model, temperature)
     if also:
         result["also"] = also
     if args.out:

@@ -203,6 +203,13 @@ def test_sample_quality_benchmark_and_map_posteriors(run_and_data):
     # more samples than simulations (the sampler's batch of 8 is already compiled)
     more = ev.sample_quality_benchmark(model, cfg, splits, thetas[1:], 4, n_samples=8)
     assert more["results"][0]["n_samples"] == 8 and more["results"][0]["n_simulations"] == 4
+    # tempered mocks (a fitted T(theta) or any callable): less power, T recorded per row
+    cold = ev.sample_quality_benchmark(
+        model, cfg, splits, thetas[1:], 8, sims_cache=cache, temperature=lambda t: [0.5]
+    )
+    row, warm = cold["results"][0], again["results"][0]
+    assert row["temperature"] == 0.5 and warm["temperature"] == 1.0
+    assert np.all(np.asarray(row["pk_ratio"]) < np.asarray(warm["pk_ratio"]))
     assert isinstance(bench["all_passed"], bool)
     json.dumps(bench)
     assert [k for k, _ in ev.default_thetas()] == ["fiducial"] + ["interior"] * 4 + ["edge"] * 2

@@ -9,6 +9,9 @@ figures ``maps.png``, ``power_spectrum.png``, ``pdf.png``, ``peaks.png`` and
 ``posterior.png``: the 68/95% contours of the flow, the power-spectrum likelihood and (for
 lognormal data) the exact likelihood for one test map (``--index``) on a ``--grid`` grid.
 
+``--temperature`` draws the samples at a latent temperature (a number, or the file of
+``fieldflow sample --fit-temperature``): tempered mocks against the same simulations.
+
 Calibration diagnostics of the same likelihoods (``summary.json`` ``calibration``, figure
 ``coverage.png``): the score test at theta on the held-out simulations (for a correct
 likelihood E[s] = 0 and Cov(s) = -E[Hessian]; eigenvalues of F^-1 C above 1 say the posterior
@@ -63,6 +66,13 @@ def add_parser(subparsers):
         default=100,
         help="test maps of the coverage diagnostics (0: no calibration diagnostics)",
     )
+    p.add_argument(
+        "--temperature",
+        default=None,
+        metavar="T_OR_FILE",
+        help="sample at this latent temperature: a number, or a sampling_temperature.json of "
+        "`fieldflow sample --fit-temperature` (default 1: the flow's own samples)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -77,6 +87,7 @@ def run(args) -> dict:
     from fieldflow import inference as inf
     from fieldflow import plots
     from fieldflow.io import write_json
+    from fieldflow.sampling_temperature import temperature_at
     from fieldflow.workflows import load_run_and_data
 
     cfg, model, splits = load_run_and_data(args.run_dir, args.data_dir, args.seed)
@@ -97,7 +108,10 @@ def run(args) -> dict:
         x, truth = splits["test"][0][args.index], splits["test"][1][args.index]
 
     sims, source = ev.held_out_sims(cfg, splits, theta, args.num, args.seed)
-    samples = ev.sample_maps(model, theta, len(sims), jax.random.key(args.seed))
+    temperature, temperature_source = temperature_at(args.temperature, theta)
+    samples = ev.sample_maps(
+        model, theta, len(sims), jax.random.key(args.seed), temperature=temperature
+    )
     stats = ev.sample_quality(samples, sims, float(cfg["box"]))
     theory = ev.theory_check(cfg, theta, stats)
 
@@ -133,6 +147,8 @@ def run(args) -> dict:
         "data_dir": str(args.data_dir),
         "theta": theta.tolist(),
         "simulations": source,
+        "temperature": temperature,
+        "temperature_from": temperature_source,
         "sample_quality": stats,
         "power_spectrum_vs_theory": theory,
         "posterior": {

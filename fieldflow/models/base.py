@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fieldflow.validation import check_above, check_cond, check_cond_range, check_fields
+from fieldflow.validation import (
+    check_above,
+    check_cond,
+    check_cond_range,
+    check_fields,
+    check_temperature,
+)
 
 __all__ = ["FlowModel", "standard_normal_logpdf", "call_jitted", "jitted_method"]
 
@@ -136,9 +142,17 @@ class FlowModel(nnx.Module):
         """log p(x | cond) = log N(z; 0, I) + log|det dz/dx| in nats, shape (B,)."""
         return call_jitted(self, "_log_prob", *self._check(x, cond, "x"))
 
-    def sample(self, key: jax.Array, cond=None, *, num: int | None = None) -> jnp.ndarray:
+    def sample(
+        self, key: jax.Array, cond=None, *, num: int | None = None, temperature=None
+    ) -> jnp.ndarray:
         """Draw maps x ~ p(x | cond): (B, N, N) for cond (B, cond_dim), or ``num`` maps
-        from an unconditional model."""
+        from an unconditional model.
+
+        ``temperature`` T (a positive number, or one per map, (B,)) draws the latent from
+        N(0, T^2 I) instead: x = f^-1(T z; cond). T != 1 gives maps that are *not* draws
+        from p(x | cond) (see :mod:`fieldflow.sampling_temperature`, which fits a T(theta)
+        that makes a flow's mocks match its simulations' power); None and 1 are the flow's
+        own samples."""
         if self.cond_dim:
             if num is not None:
                 raise ValueError("num is only for unconditional models; pass cond (B, 2)")
@@ -152,6 +166,8 @@ class FlowModel(nnx.Module):
         if batch < 1:
             raise ValueError(f"cond must have shape (B, {self.cond_dim}), got {np.shape(cond)}")
         z = jax.random.normal(key, (batch, *self.shape), dtype=jnp.float32)
+        if temperature is not None:
+            z = z * check_temperature(temperature, batch)[:, None, None]
         return self.inverse(z, cond)
 
     def num_params(self) -> int:
