@@ -250,6 +250,15 @@ def fit_sampling_temperature(
         a = a + delta * min(1.0, 0.2 / largest) if largest > 0 else a
         q = band_power_of_samples(phi @ a)
     bar.close()
+    if history[-1] >= tolerance:
+        import warnings
+
+        warnings.warn(
+            f"the sampling temperature did not converge in {max_iterations} Newton steps "
+            f"(moment residual {history[-1]:.2g} > {tolerance:g}): check fit_diagnostics",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     t_maps = np.exp(phi @ a)
     diagnostics = {
         "n_maps": m,

@@ -66,6 +66,11 @@ def test_fit_recovers_a_known_temperature(model, thetas):
     np.testing.assert_allclose(
         fitted(corners), np.exp(truth[0] + unit(corners) @ truth[1:]), rtol=0.06
     )
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        stopped = fit_sampling_temperature(
+            model, maps, thetas, BOX, max_iterations=0, progress=False
+        )
+    assert not stopped.fit_diagnostics["converged"] and stopped.coefficients == (0.0, 0.0, 0.0)
     own = np.asarray(model.sample(jax.random.key(6), cond))
     flat = fit_sampling_temperature(model, own, thetas, BOX, degree=0, progress=False)
     assert len(flat.coefficients) == 1 and abs(flat.coefficients[0]) < 0.02
