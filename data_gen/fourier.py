@@ -31,6 +31,7 @@ __all__ = [
     "rfft_multiplicity",
     "k_bin_edges",
     "k_bin_centers",
+    "bins_below_nyquist",
     "k_bin_edges_up_to",
     "bin_index_half",
     "radial_average_half",
@@ -132,6 +133,13 @@ def k_bin_centers(edges: np.ndarray) -> np.ndarray:
     """Centres of the bins given by ``edges``."""
     edges = np.asarray(edges)
     return 0.5 * (edges[1:] + edges[:-1])
+
+
+def bins_below_nyquist(n: int, box: float) -> np.ndarray:
+    """Boolean mask of the default :func:`k_bin_edges` bins whose centre lies below the
+    Nyquist frequency (all but the last; where P(k) of a map is compared)."""
+    centres = k_bin_centers(k_bin_edges(n, box))
+    return centres < nyquist_k(n, box) * (1 - 1e-9)
 
 
 def k_bin_edges_up_to(n: int, box: float, k_max: float | None = None) -> np.ndarray:

@@ -110,7 +110,7 @@ def sample_quality(
         )
     edges = fourier.k_bin_edges(n, box)
     k = fourier.k_bin_centers(edges)
-    below = k < fourier.nyquist_k(n, box) * (1 - 1e-9)
+    below = fourier.bins_below_nyquist(n, box)
 
     ps = np.asarray(metrics.power_spectrum(s, box), np.float64)
     py = np.asarray(metrics.power_spectrum(y, box), np.float64)

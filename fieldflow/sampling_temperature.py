@@ -9,7 +9,8 @@ temperature,
     z ~ N(0, T(theta)^2 I),    ln T(theta) = sum_j a_j phi_j(u),
     u = 2 (theta - low) / (high - low) - 1,
 
-(phi: the monomials of u up to ``degree``; low, high the model's trained range) brings the
+(phi: the monomials of u up to total ``degree``, ``inference.emulator.poly_features``;
+low, high the model's trained range) brings the
 power back. The coefficients a solve the moment equations, over training maps x_i at their
 own theta_i and one latent z_i each (fixed: common random numbers),
 
@@ -22,12 +23,11 @@ steps, the Jacobian from one finite difference in ln T per step.
 
 Tempered maps are *not* draws from the flow's density p(x | theta) (``log_prob`` is
 unchanged): they are mocks calibrated on the training simulations' power. Check them
-against fresh simulations (``scripts/benchmark_samples.py RUN DATA --fitted-temperature``).
+against fresh simulations (``scripts/benchmark_samples.py RUN DATA --temperature FILE``).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,30 +45,25 @@ TEMPERATURE_FILE = "sampling_temperature.json"
 _FORMAT = "fieldflow.sampling_temperature/1"
 
 
-def _monomials(u: np.ndarray, degree: int) -> np.ndarray:
-    """(M, n_terms): 1, u_1, u_2, ..., u_1^2, u_1 u_2, ... up to total ``degree``."""
-    cols = [np.ones(len(u))]
-    for d in range(1, degree + 1):
-        for idx in itertools.combinations_with_replacement(range(u.shape[1]), d):
-            cols.append(np.prod(u[:, list(idx)], axis=1))
-    return np.stack(cols, axis=1)
-
-
 def _unit_theta(theta, low, high) -> np.ndarray:
-    """u = 2 (theta - low) / (high - low) - 1 of theta (M, D) inside [low, high]."""
+    """u = 2 (theta - low) / (high - low) - 1 of theta (M, 2) inside [low, high]."""
+    from fieldflow.inference.emulator import unit_theta
+    from fieldflow.validation import check_cond_range
+
     theta = np.atleast_2d(np.asarray(theta, np.float64))
-    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
-    if theta.ndim != 2 or theta.shape[1] != len(low):
-        raise ValueError(f"theta must have shape (M, {len(low)}), got {theta.shape}")
+    if theta.ndim != 2 or theta.shape[1] != 2:
+        raise ValueError(f"theta must have shape (M, 2), got {theta.shape}")
     if not np.all(np.isfinite(theta)):
         raise ValueError("theta contains NaN or inf values")
-    tol = 1e-6 * (high - low)
-    if np.any((theta < low - tol) | (theta > high + tol)):
-        raise ValueError(
-            f"theta leaves the range the temperature was fitted on: low {low.tolist()}, "
-            f"high {high.tolist()}"
-        )
-    return 2.0 * (theta - low) / (high - low) - 1.0
+    check_cond_range(theta, low, high, "theta")
+    return unit_theta(theta, np.asarray(low, np.float64), np.asarray(high, np.float64))
+
+
+def _features(theta, low, high, degree: int) -> np.ndarray:
+    """phi_j(u(theta)), (M, n_terms): the emulators' monomials of total ``degree``."""
+    from fieldflow.inference.emulator import poly_features
+
+    return poly_features(_unit_theta(theta, low, high), int(degree))
 
 
 @dataclass(frozen=True)
@@ -85,16 +80,18 @@ class SamplingTemperature:
     fit_diagnostics: dict | None = None
 
     def __post_init__(self):
-        n_terms = _monomials(np.zeros((1, len(self.theta_low))), int(self.degree)).shape[1]
-        if len(self.coefficients) != n_terms or len(self.theta_high) != len(self.theta_low):
+        n_terms = (self.degree + 1) * (self.degree + 2) // 2
+        if len(self.theta_low) != 2 or len(self.theta_high) != 2 or self.degree < 0:
+            raise ValueError("a sampling temperature is a function of (Omega_m, sigma_8)")
+        if len(self.coefficients) != n_terms:
             raise ValueError(
-                f"a degree-{self.degree} temperature of {len(self.theta_low)} parameters has "
-                f"{n_terms} coefficients, got {len(self.coefficients)}"
+                f"a degree-{self.degree} temperature has {n_terms} coefficients, "
+                f"got {len(self.coefficients)}"
             )
 
     def __call__(self, theta) -> np.ndarray:
-        """T at each row of theta, (M,)."""
-        phi = _monomials(_unit_theta(theta, self.theta_low, self.theta_high), self.degree)
+        """T at each row of theta, (M, 2): (M,)."""
+        phi = _features(theta, self.theta_low, self.theta_high, self.degree)
         return np.exp(phi @ np.asarray(self.coefficients))
 
     def save(self, path) -> Path:
@@ -140,10 +137,7 @@ def _spectra_below_nyquist(maps, box: float, batch: int = 1024) -> np.ndarray:
     """P(k) of each map in the bins below the Nyquist frequency, (M, K) float64."""
     from fieldflow import fourier, metrics
 
-    n = np.shape(maps)[-1]
-    below = fourier.k_bin_centers(fourier.k_bin_edges(n, box)) < fourier.nyquist_k(n, box) * (
-        1 - 1e-9
-    )
+    below = fourier.bins_below_nyquist(np.shape(maps)[-1], box)
     parts = [
         np.asarray(metrics.power_spectrum(maps[i : i + batch], box), np.float64)[:, below]
         for i in range(0, len(maps), batch)
@@ -192,8 +186,8 @@ def fit_sampling_temperature(
 
     t0 = time.perf_counter()
     cond_dim = int(getattr(model, "cond_dim", 0))
-    if cond_dim == 0:
-        raise ValueError("a sampling temperature is fitted for a conditional model")
+    if cond_dim != 2:
+        raise ValueError("a sampling temperature is fitted for a conditional model of theta (2,)")
     x, _ = check_maps(np.asarray(maps), int(model.shape[0]), "maps", allow_single=False)
     theta = np.asarray(theta, np.float64)
     if theta.shape != (len(x), cond_dim):
@@ -202,8 +196,8 @@ def fit_sampling_temperature(
         raise ValueError(f"box must be positive and finite, got {box}")
     if int(degree) < 0:
         raise ValueError(f"degree must be >= 0, got {degree}")
-    u = _unit_theta(theta, model.cond_low, model.cond_high)
-    phi, quad = _monomials(u, int(degree)), _monomials(u, 2)
+    phi = _features(theta, model.cond_low, model.cond_high, degree)
+    quad = _features(theta, model.cond_low, model.cond_high, 2)
     if len(x) < 4 * max(phi.shape[1], quad.shape[1]):
         raise ValueError(f"{len(x)} maps are too few to fit a degree-{degree} temperature")
     key = jax.random.key(0) if key is None else key

@@ -17,7 +17,7 @@ on each axis ("interior"), and two corners at 1/10 and 9/10 ("edge").
 
 ``--temperature FILE`` also evaluates the tempered mocks of a fitted sampling temperature
 (``fieldflow sample RUN OUT --fit-temperature DATA`` writes one to
-``RUN/calibration/sampling_temperature.json``) against the same simulations; their rows go
+``OUT/sampling_temperature.json``) against the same simulations; their rows go
 under ``"tempered"``.
 
 ``--also`` evaluates further runs on the same data set against the same simulations (they are

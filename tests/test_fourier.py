@@ -50,3 +50,12 @@ def test_bad_grid_raises():
         fourier.kmag(8, -1.0)
     with pytest.raises(ValueError, match="n must"):
         fourier.kmag(1, 1.0)
+
+
+def test_bins_below_nyquist_leave_out_the_bin_centred_on_it():
+    for n, box in ((8, 64.0), (32, 128.0), (9, 10.0)):
+        mask = fourier.bins_below_nyquist(n, box)
+        centres = fourier.k_bin_centers(fourier.k_bin_edges(n, box))
+        assert mask.dtype == bool and mask.shape == centres.shape
+        assert mask.all() == (n % 2 == 1) and mask[:-1].all()
+        assert np.all(centres[mask] < fourier.nyquist_k(n, box))

@@ -60,16 +60,14 @@ def add_parser(subparsers):
     return p
 
 
-def _fit(args, model):
+def _fit(args, model, cfg: dict, splits: dict):
     """Fit the sampling temperature on ``--fit-maps`` training maps and save it."""
     import numpy as np
 
     from fieldflow.sampling_temperature import TEMPERATURE_FILE, fit_sampling_temperature
-    from fieldflow.workflows import load_run_and_data
 
     if args.fit_maps is not None and args.fit_maps < 32:
         raise ValueError(f"--fit-maps must be at least 32, got {args.fit_maps}")
-    cfg, _, splits = load_run_and_data(args.run_dir, args.fit_temperature)
     maps, theta = splits["train"]
     keep = np.random.default_rng(args.seed).permutation(len(maps))[: args.fit_maps]
     fitted = fit_sampling_temperature(
@@ -93,18 +91,22 @@ def run(args) -> dict:
     from fieldflow.io import save_npz, write_json
     from fieldflow.plots import plot_maps
     from fieldflow.sampling_temperature import temperature_at
+    from fieldflow.workflows import load_run_and_data
 
-    model = load(args.run_dir)
+    if args.fit_temperature is not None and args.temperature is not None:
+        raise ValueError("give --temperature or --fit-temperature, not both")
+    if args.fit_temperature is not None:
+        cfg, model, splits = load_run_and_data(args.run_dir, args.fit_temperature)
+    else:
+        model = load(args.run_dir)
     key = jax.random.key(args.seed)
     cond = None
     if model.cond_dim:
         if args.theta is None:
             raise ValueError("--theta OMEGA_M SIGMA_8 is required for a conditional model")
         cond = np.tile(np.asarray(args.theta, np.float32), (args.num, 1))
-    if args.fit_temperature is not None and args.temperature is not None:
-        raise ValueError("give --temperature or --fit-temperature, not both")
     if args.fit_temperature is not None:
-        fitted = _fit(args, model)
+        fitted = _fit(args, model, cfg, splits)
         temperature, source = float(fitted(cond[:1])[0]), f"fitted on {args.fit_temperature}"
     else:
         theta = None if cond is None else cond[0]
